@@ -90,11 +90,12 @@ impl LoopbackBackend {
     }
 
     fn memory<'b>(&self, op: &'static str, buf: &'b DeviceBuffer) -> Result<&'b Arc<Memory>> {
-        buf.handle::<Arc<Memory>>(self.id).ok_or_else(|| HalError::ForeignBuffer {
-            backend: self.name.clone(),
-            op,
-            owner: format!("{:?}", buf.owner()),
-        })
+        buf.handle::<Arc<Memory>>(self.id)
+            .ok_or_else(|| HalError::ForeignBuffer {
+                backend: self.name.clone(),
+                op,
+                owner: format!("{:?}", buf.owner()),
+            })
     }
 }
 
@@ -133,18 +134,29 @@ impl Backend for LoopbackBackend {
     }
 
     fn alloc(&self, bytes: usize) -> Result<DeviceBuffer> {
-        Ok(DeviceBuffer::new(self.id, bytes, Arc::new(Memory::new(bytes))))
+        Ok(DeviceBuffer::new(
+            self.id,
+            bytes,
+            Arc::new(Memory::new(bytes)),
+        ))
     }
 
     fn upload(&self, dst: &mut DeviceBuffer, offset: usize, src: &[u8]) -> Result<()> {
         let mem = self.memory("upload", dst)?;
-        let end = offset.checked_add(src.len()).filter(|&e| e <= dst.len()).ok_or_else(|| {
-            HalError::invalid(
-                &self.name,
-                "upload",
-                format!("{} bytes at offset {offset} overflow a {}-byte buffer", src.len(), dst.len()),
-            )
-        })?;
+        let end = offset
+            .checked_add(src.len())
+            .filter(|&e| e <= dst.len())
+            .ok_or_else(|| {
+                HalError::invalid(
+                    &self.name,
+                    "upload",
+                    format!(
+                        "{} bytes at offset {offset} overflow a {}-byte buffer",
+                        src.len(),
+                        dst.len()
+                    ),
+                )
+            })?;
         let target = memory::Region::new(mem.clone(), offset, end - offset);
         let data = src.to_vec();
         target.begin_write();
@@ -161,10 +173,15 @@ impl Backend for LoopbackBackend {
             return Err(HalError::invalid(
                 &self.name,
                 "download",
-                format!("{} bytes at offset {offset} overflow a {}-byte buffer", dst.len(), src.len()),
+                format!(
+                    "{} bytes at offset {offset} overflow a {}-byte buffer",
+                    dst.len(),
+                    src.len()
+                ),
             ));
         }
-        mem.read_into(offset, dst).map_err(|m| HalError::invalid(&self.name, "download", m))
+        mem.read_into(offset, dst)
+            .map_err(|m| HalError::invalid(&self.name, "download", m))
     }
 
     fn synchronize(&self) -> Result<()> {

@@ -19,7 +19,12 @@ use crate::{LoopbackBackend, PlantedFault};
 struct PackedHost(Arc<QuantWeights>);
 
 impl LoopbackBackend {
-    fn input(&self, op: &'static str, v: &(impl ViewInfo + ?Sized), buf: &DeviceBuffer) -> Result<Input> {
+    fn input(
+        &self,
+        op: &'static str,
+        v: &(impl ViewInfo + ?Sized),
+        buf: &DeviceBuffer,
+    ) -> Result<Input> {
         let mem = self.memory(op, buf)?;
         Ok(Input {
             region: Region::new(mem.clone(), v.byte_offset(), v.byte_len()),
@@ -45,7 +50,10 @@ impl LoopbackBackend {
     }
 
     fn packed(&self, op: &'static str, w: &PackedWeight) -> Result<Arc<QuantWeights>> {
-        let part = w.parts.first().ok_or_else(|| HalError::invalid(&self.name, op, "packed weight has no parts"))?;
+        let part = w
+            .parts
+            .first()
+            .ok_or_else(|| HalError::invalid(&self.name, op, "packed weight has no parts"))?;
         part.handle::<PackedHost>(self.id)
             .map(|p| p.0.clone())
             .ok_or_else(|| HalError::ForeignBuffer {
@@ -64,11 +72,23 @@ impl Gemm for LoopbackBackend {
     fn gemm(&self, args: GemmArgs<'_>) -> Result<()> {
         args.validate(&self.name)?;
         self.check(&args.desc())?;
-        let (x, w) = (self.view_in("gemm", &args.x)?, self.view_in("gemm", &args.w)?);
-        let bias = args.bias.as_ref().map(|b| self.view_in("gemm", b)).transpose()?;
+        let (x, w) = (
+            self.view_in("gemm", &args.x)?,
+            self.view_in("gemm", &args.w)?,
+        );
+        let bias = args
+            .bias
+            .as_ref()
+            .map(|b| self.view_in("gemm", b))
+            .transpose()?;
         let out = self.view_out("gemm", &args.out)?;
         self.enqueue(Box::new(move || {
-            let y = reference::gemm(&x.read(), &w.read(), bias.map(|b| b.read()).as_ref(), out.0.dtype);
+            let y = reference::gemm(
+                &x.read(),
+                &w.read(),
+                bias.map(|b| b.read()).as_ref(),
+                out.0.dtype,
+            );
             out.write(&y);
             Ok(())
         }))
@@ -94,16 +114,23 @@ fn natural_nibble_order(words: &[i32]) -> Vec<i32> {
 
 impl QuantGemm for LoopbackBackend {
     fn pack(&self, w: &QuantWeights) -> Result<PackedWeight> {
-        w.validate().map_err(|m| HalError::invalid(&self.name, "pack", m))?;
+        w.validate()
+            .map_err(|m| HalError::invalid(&self.name, "pack", m))?;
         let mut host = w.clone();
         if self.fault == Some(PlantedFault::AwqNaturalNibbleOrder) {
-            if let QuantWeights::Awq { qweight, qzeros, .. } = &mut host {
+            if let QuantWeights::Awq {
+                qweight, qzeros, ..
+            } = &mut host
+            {
                 *qweight = natural_nibble_order(qweight);
                 *qzeros = natural_nibble_order(qzeros);
             }
         }
         let scalars = match w {
-            QuantWeights::Fp8 { input_scale: Some(s), .. } => vec![*s],
+            QuantWeights::Fp8 {
+                input_scale: Some(s),
+                ..
+            } => vec![*s],
             _ => Vec::new(),
         };
         Ok(PackedWeight {
@@ -111,7 +138,11 @@ impl QuantGemm for LoopbackBackend {
             n: w.n(),
             k: w.k(),
             layout: "checkpoint",
-            parts: vec![DeviceBuffer::new(self.id, w.storage_bytes(), PackedHost(Arc::new(host)))],
+            parts: vec![DeviceBuffer::new(
+                self.id,
+                w.storage_bytes(),
+                PackedHost(Arc::new(host)),
+            )],
             scalars,
         })
     }
@@ -121,11 +152,21 @@ impl QuantGemm for LoopbackBackend {
         self.check(&args.desc())?;
         let w = self.packed("quant_gemm", args.w)?;
         let x = self.view_in("quant_gemm", &args.x)?;
-        let bias = args.bias.as_ref().map(|b| self.view_in("quant_gemm", b)).transpose()?;
+        let bias = args
+            .bias
+            .as_ref()
+            .map(|b| self.view_in("quant_gemm", b))
+            .transpose()?;
         let out = self.view_out("quant_gemm", &args.out)?;
         let precision = args.precision;
         self.enqueue(Box::new(move || {
-            let y = reference::quant_gemm(&x.read(), &w, bias.map(|b| b.read()).as_ref(), precision, out.0.dtype);
+            let y = reference::quant_gemm(
+                &x.read(),
+                &w,
+                bias.map(|b| b.read()).as_ref(),
+                precision,
+                out.0.dtype,
+            );
             out.write(&y);
             Ok(())
         }))
@@ -191,7 +232,9 @@ impl KvCacheOps for LoopbackBackend {
             let slot_mapping = slots.read_i64();
             let num_slots = cache.spec.num_slots() as i64;
             if let Some(bad) = slot_mapping.iter().find(|&&s| s >= num_slots) {
-                return Err(format!("write_kv: slot {bad} outside the cache's {num_slots} slots"));
+                return Err(format!(
+                    "write_kv: slot {bad} outside the cache's {num_slots} slots"
+                ));
             }
             let mut host = cache.read();
             reference::write_kv(&key.read(), &value.read(), &slot_mapping, &mut host);
@@ -233,7 +276,13 @@ impl PagedAttention for LoopbackBackend {
             let query_start_loc = qsl.read_i32();
             let mut seq_lens = lens.read_i32();
             let mut block_tables = tables.read_i32();
-            check_metadata(&query_start_loc, &seq_lens, &block_tables, max_blocks, &spec)?;
+            check_metadata(
+                &query_start_loc,
+                &seq_lens,
+                &block_tables,
+                max_blocks,
+                &spec,
+            )?;
             match fault {
                 Some(PlantedFault::ReadPastSeqLen) => seq_lens.iter_mut().for_each(|l| *l += 1),
                 Some(PlantedFault::BlockTableOffByOne) => {
@@ -243,7 +292,8 @@ impl PagedAttention for LoopbackBackend {
                 }
                 _ => {}
             }
-            let cache = HostKvCache::from_bytes(spec, kr.read_bytes(), vr.read_bytes(), k_scale, v_scale);
+            let cache =
+                HostKvCache::from_bytes(spec, kr.read_bytes(), vr.read_bytes(), k_scale, v_scale);
             let y = reference::paged_attention(
                 &q.read(),
                 &cache,
@@ -270,17 +320,24 @@ fn check_metadata(
     for (b, &len) in seq_lens.iter().enumerate() {
         let q = qsl[b + 1] - qsl[b];
         if q < 0 || len < q {
-            return Err(format!("paged_attention: sequence {b} has query_len {q} > seq_len {len}"));
+            return Err(format!(
+                "paged_attention: sequence {b} has query_len {q} > seq_len {len}"
+            ));
         }
         let blocks = (len as usize).div_ceil(spec.block_size);
         if blocks > max_blocks {
-            return Err(format!("paged_attention: sequence {b} needs {blocks} blocks, table has {max_blocks}"));
+            return Err(format!(
+                "paged_attention: sequence {b} needs {blocks} blocks, table has {max_blocks}"
+            ));
         }
         if let Some(bad) = block_tables[b * max_blocks..b * max_blocks + blocks]
             .iter()
             .find(|&&blk| blk < 0 || blk as usize >= spec.num_blocks)
         {
-            return Err(format!("paged_attention: sequence {b} uses block {bad} outside 0..{}", spec.num_blocks));
+            return Err(format!(
+                "paged_attention: sequence {b} uses block {bad} outside 0..{}",
+                spec.num_blocks
+            ));
         }
     }
     Ok(())
@@ -291,8 +348,15 @@ impl FlashAttention for LoopbackBackend {
         let (tq, tk, _) = args.validate(&self.name)?;
         self.check(&args.desc())?;
         let op = "flash_attention";
-        let (q, k, v) = (self.view_in(op, &args.q)?, self.view_in(op, &args.k)?, self.view_in(op, &args.v)?);
-        let (cq, ck) = (self.view_in(op, &args.cu_seqlens_q)?, self.view_in(op, &args.cu_seqlens_k)?);
+        let (q, k, v) = (
+            self.view_in(op, &args.q)?,
+            self.view_in(op, &args.k)?,
+            self.view_in(op, &args.v)?,
+        );
+        let (cq, ck) = (
+            self.view_in(op, &args.cu_seqlens_q)?,
+            self.view_in(op, &args.cu_seqlens_k)?,
+        );
         let (causal, params) = (args.causal, args.params);
         let out = self.view_out(op, &args.out)?;
         self.enqueue(Box::new(move || {
@@ -318,7 +382,11 @@ impl Elementwise for LoopbackBackend {
         self.check(&args.desc())?;
         let op = "rms_norm";
         let (x, w) = (self.view_in(op, &args.x)?, self.view_in(op, &args.weight)?);
-        let residual = args.residual.as_ref().map(|r| self.view_out(op, r)).transpose()?;
+        let residual = args
+            .residual
+            .as_ref()
+            .map(|r| self.view_out(op, r))
+            .transpose()?;
         let out = self.view_out(op, &args.out)?;
         let eps = args.eps;
         self.enqueue(Box::new(move || {

@@ -1,17 +1,23 @@
 //! The loopback behaves like a device: opaque buffers, deferred work,
 //! ownership checks, clean errors.
 
-use hal::{
-    Backend, DType, Elementwise, HalError, HostTensor, SiluAndMulArgs, Tensor,
-};
+use hal::{Backend, DType, Elementwise, HalError, HostTensor, SiluAndMulArgs, Tensor};
 use hal_loopback::LoopbackBackend;
 
 #[test]
 fn work_runs_only_at_synchronize() {
     let dev = LoopbackBackend::open_default().unwrap();
-    let x = Tensor::from_host(&dev, &HostTensor::from_f32(DType::F32, &[1, 4], &[1.0, 2.0, 3.0, 4.0])).unwrap();
+    let x = Tensor::from_host(
+        &dev,
+        &HostTensor::from_f32(DType::F32, &[1, 4], &[1.0, 2.0, 3.0, 4.0]),
+    )
+    .unwrap();
     let mut out = Tensor::alloc(&dev, DType::F32, &[1, 2]).unwrap();
-    dev.silu_and_mul(SiluAndMulArgs { x: x.view(), out: out.view_mut() }).unwrap();
+    dev.silu_and_mul(SiluAndMulArgs {
+        x: x.view(),
+        out: out.view_mut(),
+    })
+    .unwrap();
     // Nothing has run yet: reading the output must be refused, not stale.
     let err = out.to_host(&dev).unwrap_err();
     assert!(err.to_string().contains("synchronize"), "{err}");
@@ -37,7 +43,10 @@ fn buffers_of_another_instance_are_refused() {
     let b = LoopbackBackend::open_default().unwrap();
     let buf = a.alloc(16).unwrap();
     let mut out = [0u8; 16];
-    assert!(matches!(b.download(&buf, 0, &mut out), Err(HalError::ForeignBuffer { .. })));
+    assert!(matches!(
+        b.download(&buf, 0, &mut out),
+        Err(HalError::ForeignBuffer { .. })
+    ));
 }
 
 #[test]
@@ -54,8 +63,16 @@ fn bad_shapes_are_refused_before_queueing() {
     let dev = LoopbackBackend::open_default().unwrap();
     let x = Tensor::alloc(&dev, DType::F32, &[2, 5]).unwrap();
     let mut out = Tensor::alloc(&dev, DType::F32, &[2, 2]).unwrap();
-    let err = dev.silu_and_mul(SiluAndMulArgs { x: x.view(), out: out.view_mut() }).unwrap_err();
-    assert!(err.to_string().contains("loopback:0: silu_and_mul"), "{err}");
+    let err = dev
+        .silu_and_mul(SiluAndMulArgs {
+            x: x.view(),
+            out: out.view_mut(),
+        })
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("loopback:0: silu_and_mul"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -14,29 +14,51 @@ fn failures(fault: PlantedFault, family: Family) -> Vec<String> {
         },
     );
     println!("{report}");
-    assert!(report.passed() + report.failed() > 0, "no {family:?} case ran");
-    report.failures().iter().map(|(n, m)| format!("{n}: {m}")).collect()
+    assert!(
+        report.passed() + report.failed() > 0,
+        "no {family:?} case ran"
+    );
+    report
+        .failures()
+        .iter()
+        .map(|(n, m)| format!("{n}: {m}"))
+        .collect()
 }
 
 #[test]
 fn block_table_off_by_one_is_caught() {
     let f = failures(PlantedFault::BlockTableOffByOne, Family::PagedAttention);
-    assert!(!f.is_empty(), "an off-by-one block-table walk passed the suite");
+    assert!(
+        !f.is_empty(),
+        "an off-by-one block-table walk passed the suite"
+    );
 }
 
 #[test]
 fn reading_past_seq_len_is_caught() {
     let f = failures(PlantedFault::ReadPastSeqLen, Family::PagedAttention);
-    assert!(!f.is_empty(), "reading one token past seq_len passed the suite");
+    assert!(
+        !f.is_empty(),
+        "reading one token past seq_len passed the suite"
+    );
     // The poisoned (NaN) slot is what catches it.
-    assert!(f.iter().any(|m| m.contains("NaN")), "expected a NaN mismatch, got {f:?}");
+    assert!(
+        f.iter().any(|m| m.contains("NaN")),
+        "expected a NaN mismatch, got {f:?}"
+    );
 }
 
 #[test]
 fn wrong_awq_nibble_order_is_caught() {
     let f = failures(PlantedFault::AwqNaturalNibbleOrder, Family::QuantGemm);
-    assert!(!f.is_empty(), "AWQ with natural nibble order passed the suite");
-    assert!(f.iter().all(|m| m.contains("awq")), "only AWQ cases should fail: {f:?}");
+    assert!(
+        !f.is_empty(),
+        "AWQ with natural nibble order passed the suite"
+    );
+    assert!(
+        f.iter().all(|m| m.contains("awq")),
+        "only AWQ cases should fail: {f:?}"
+    );
 }
 
 #[test]

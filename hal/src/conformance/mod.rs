@@ -260,8 +260,14 @@ where
         Err(e) => panic!("HAL_CASE is not a valid regex: {e}"),
     };
     options.families = vec![family];
+    let filtered = options.filter.is_some();
     let report = run(&device, &options);
     println!("{report}");
+    assert!(
+        filtered || !report.cases.is_empty(),
+        "conformance {}: the family has no cases",
+        family.name()
+    );
     assert!(
         report.failed() == 0,
         "{} conformance case(s) failed on {}:\n{}",

@@ -73,7 +73,9 @@ pub enum RopeStyle {
 /// sines for position `p` (vLLM's layout; the engine computes it, including
 /// any rope scaling). Pair `i` of a head at position `p` becomes
 /// `(a·cos − b·sin, b·cos + a·sin)`. Elements `rotary_dim..head_dim` are left
-/// unchanged.
+/// unchanged, and so are the rows of a token whose position lies outside
+/// `0..max_position` (the engine never sends one; kernels must not read past
+/// the table).
 #[derive(Debug)]
 pub struct RopeArgs<'a> {
     /// I64 `[num_tokens]`.

@@ -208,7 +208,8 @@ mod tests {
             let max_err = (0..64)
                 .map(|c| (weight(ty, 64, &data, 0, c) - x[c] as f64).abs())
                 .fold(0f64, f64::max);
-            let bound = if ty == GgufType::Q8_0 { 0.02 } else { 0.3 };
+            // Q4_0 maps the largest magnitude to -8, so the opposite end clips by up to 1.5 d.
+            let bound = if ty == GgufType::Q8_0 { 0.02 } else { 0.4 };
             assert!(max_err <= bound, "{ty:?}: {max_err}");
         }
     }

@@ -24,3 +24,6 @@ use crate::{DType, HostTensor};
 pub(crate) fn round_to(dtype: DType, shape: &[usize], values: &[f64]) -> HostTensor {
     HostTensor::from_f64(dtype, shape, values)
 }
+
+#[cfg(test)]
+mod tests;
