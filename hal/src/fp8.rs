@@ -110,9 +110,10 @@ pub fn f32_to_e4m3(x: f32) -> u8 {
     encode(x, E4M3)
 }
 
-/// FP8 E4M3 bits → `f32` (exact).
+/// FP8 E4M3 bits → `f32` (exact; a table lookup).
 pub fn e4m3_to_f32(b: u8) -> f32 {
-    decode(b, E4M3)
+    static TABLE: std::sync::OnceLock<[f32; 256]> = std::sync::OnceLock::new();
+    TABLE.get_or_init(|| std::array::from_fn(|i| decode(i as u8, E4M3)))[b as usize]
 }
 
 /// `f32` → FP8 E5M2 bits (round to nearest even, saturating to ±57344).
@@ -120,9 +121,10 @@ pub fn f32_to_e5m2(x: f32) -> u8 {
     encode(x, E5M2)
 }
 
-/// FP8 E5M2 bits → `f32` (exact).
+/// FP8 E5M2 bits → `f32` (exact; a table lookup).
 pub fn e5m2_to_f32(b: u8) -> f32 {
-    decode(b, E5M2)
+    static TABLE: std::sync::OnceLock<[f32; 256]> = std::sync::OnceLock::new();
+    TABLE.get_or_init(|| std::array::from_fn(|i| decode(i as u8, E5M2)))[b as usize]
 }
 
 /// Largest finite E4M3 magnitude.

@@ -11,7 +11,7 @@
 //!   plus the whole-step hook [`StepCapture`]; [`Device`] is their sum;
 //! * quantised formats exactly as checkpoints store them ([`quant`]);
 //! * a [`Registry`] of backend factories with an API version;
-//! * [`reference`], the f64 oracle, and [`conformance`], the suite every
+//! * [`reference`](mod@reference), the f64 oracle, and [`conformance`], the suite every
 //!   backend runs (`hal::conformance_suite!`).
 //!
 //! Shapes are written outermost first, e.g. `[num_tokens, num_heads, head_dim]`.

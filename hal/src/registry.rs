@@ -177,6 +177,36 @@ impl Registry {
     }
 }
 
+/// Define `pub fn factory() -> hal::BackendFactory` for a backend crate whose
+/// kernels are not written yet: its probe and `open` both answer
+/// [`Unavailable::NotImplemented`] with `$why`, so `kiln devices` lists the
+/// kind honestly and nothing pretends to run.
+#[macro_export]
+macro_rules! not_implemented_backend {
+    (kind: $kind:literal, description: $desc:literal, why: $why:literal $(,)?) => {
+        /// This crate's registry factory (kernels not implemented yet).
+        pub fn factory() -> $crate::BackendFactory {
+            fn probe() -> $crate::Probe {
+                $crate::Probe::Unavailable($crate::Unavailable::NotImplemented($why.to_string()))
+            }
+            fn open(index: usize) -> $crate::Result<::std::sync::Arc<dyn $crate::Device>> {
+                Err($crate::HalError::Unavailable {
+                    backend: format!("{}:{}", $kind, index),
+                    reason: $crate::Unavailable::NotImplemented($why.to_string()),
+                })
+            }
+            $crate::BackendFactory {
+                kind: $kind,
+                crate_name: env!("CARGO_PKG_NAME"),
+                description: $desc,
+                api_version: $crate::API_VERSION,
+                probe,
+                open,
+            }
+        }
+    };
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -238,34 +268,4 @@ mod tests {
         assert!(!v(1, 3).accepts(v(1, 4)));
         assert!(!v(2, 0).accepts(v(1, 0)));
     }
-}
-
-/// Define `pub fn factory() -> hal::BackendFactory` for a backend crate whose
-/// kernels are not written yet: its probe and `open` both answer
-/// [`Unavailable::NotImplemented`] with `$why`, so `kiln devices` lists the
-/// kind honestly and nothing pretends to run.
-#[macro_export]
-macro_rules! not_implemented_backend {
-    (kind: $kind:literal, description: $desc:literal, why: $why:literal $(,)?) => {
-        /// This crate's registry factory (kernels not implemented yet).
-        pub fn factory() -> $crate::BackendFactory {
-            fn probe() -> $crate::Probe {
-                $crate::Probe::Unavailable($crate::Unavailable::NotImplemented($why.to_string()))
-            }
-            fn open(index: usize) -> $crate::Result<::std::sync::Arc<dyn $crate::Device>> {
-                Err($crate::HalError::Unavailable {
-                    backend: format!("{}:{}", $kind, index),
-                    reason: $crate::Unavailable::NotImplemented($why.to_string()),
-                })
-            }
-            $crate::BackendFactory {
-                kind: $kind,
-                crate_name: env!("CARGO_PKG_NAME"),
-                description: $desc,
-                api_version: $crate::API_VERSION,
-                probe,
-                open,
-            }
-        }
-    };
 }

@@ -54,6 +54,43 @@ impl Budget {
         }
     }
 
+    /// Quantised GEMM in [`crate::Precision::Exact`] mode (AWQ, GPTQ, GGUF)
+    /// against `x · dequant(W)` in f64: the output dtype's budget, widened
+    /// for a kernel that dequantises weights to f16 before the product
+    /// (relative error 2⁻¹¹ per weight, so about 3·10⁻⁴ per output).
+    pub fn quant_weights(out: DType) -> Budget {
+        Budget::for_dtype(out).max(Budget {
+            nmse: 1e-6,
+            atol: 1e-4,
+            rtol: 2e-3,
+        })
+    }
+
+    /// Quantised GEMM with [`crate::Precision::Int8Activations`], against the
+    /// reference that quantises activations the same way: the output dtype's
+    /// budget, widened for a kernel that divides by `d` instead of
+    /// multiplying by `1/d` (an occasional `q` off by one) and combines the
+    /// two scales in f32.
+    pub fn int8_activations(out: DType) -> Budget {
+        Budget::for_dtype(out).max(Budget {
+            nmse: 1e-5,
+            atol: 1e-3,
+            rtol: 5e-3,
+        })
+    }
+
+    /// FP8 W8A8 against the reference that casts activations to E4M3 as the
+    /// format defines: the output dtype's budget, widened because one
+    /// activation landing on the other side of a rounding tie moves by a
+    /// whole E4M3 step (12.5 %).
+    pub fn fp8_w8a8(out: DType) -> Budget {
+        Budget::for_dtype(out).max(Budget {
+            nmse: 1e-4,
+            atol: 1e-2,
+            rtol: 2e-2,
+        })
+    }
+
     /// The looser of two budgets, bound by bound.
     pub fn max(self, other: Budget) -> Budget {
         Budget {
@@ -135,6 +172,42 @@ pub fn compare(got: &[f64], want: &[f64], budget: &Budget) -> Result<Comparison,
     Ok(c)
 }
 
+/// FlashAttention's rule for low-precision attention: the backend's error
+/// against a high-precision reference `hi` may be at most twice the error of
+/// a naive computation in the same precision (`naive`), measured as
+/// max |· − hi| over the finite elements. NaN/Inf positions must match `hi`.
+pub fn within_naive(got: &[f64], hi: &[f64], naive: &[f64]) -> Result<(f64, f64), String> {
+    if got.len() != hi.len() || naive.len() != hi.len() {
+        return Err(format!(
+            "output has {} elements, reference {}, naive {}",
+            got.len(),
+            hi.len(),
+            naive.len()
+        ));
+    }
+    let (mut err, mut naive_err) = (0f64, 0f64);
+    for (i, ((&g, &r), &n)) in got.iter().zip(hi).zip(naive).enumerate() {
+        if g.is_nan() != r.is_nan() || (r.is_infinite() || g.is_infinite()) && g != r {
+            return Err(format!(
+                "NaN/Inf mismatch at element {i}: got {g}, reference {r}"
+            ));
+        }
+        if r.is_finite() {
+            err = err.max((g - r).abs());
+            if n.is_finite() {
+                naive_err = naive_err.max((n - r).abs());
+            }
+        }
+    }
+    if err > 2.0 * naive_err {
+        return Err(format!(
+            "max |out − ref| {err:.3e} > 2 × max |naive − ref| = {:.3e}",
+            2.0 * naive_err
+        ));
+    }
+    Ok((err, naive_err))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -148,5 +221,12 @@ mod tests {
         assert!(compare(&[1.0, 2.1], &[1.0, 2.0], &b).is_err());
         assert!(compare(&[f64::NAN], &[f64::NAN], &b).is_ok());
         assert!(compare(&[f64::INFINITY], &[f64::NEG_INFINITY], &b).is_err());
+    }
+
+    #[test]
+    fn naive_rule() {
+        assert!(within_naive(&[1.0, 2.02], &[1.0, 2.0], &[1.0, 1.99]).is_ok());
+        assert!(within_naive(&[1.0, 2.03], &[1.0, 2.0], &[1.0, 1.99]).is_err());
+        assert!(within_naive(&[f64::NAN], &[1.0], &[1.0]).is_err());
     }
 }

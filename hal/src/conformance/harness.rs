@@ -50,7 +50,7 @@ impl<'d> Harness<'d> {
     }
 
     /// An output tensor of `dtype` / `shape`, its bytes all
-    /// [`UNWRITTEN_BYTE`], inside guard bytes.
+    /// `UNWRITTEN_BYTE` (0xFF, NaN in every float dtype), inside guard bytes.
     pub fn output(&self, dtype: DType, shape: &[usize]) -> Result<Guarded, String> {
         let n = dtype.bytes_for(shape.iter().product());
         self.guarded_bytes(dtype, shape, &vec![UNWRITTEN_BYTE; n])

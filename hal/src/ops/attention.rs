@@ -139,6 +139,7 @@ impl PagedAttentionArgs<'_> {
 /// `cu_seqlens_q[b]..cu_seqlens_q[b+1]`, its keys rows
 /// `cu_seqlens_k[b]..cu_seqlens_k[b+1]`. Causal masking is aligned to the
 /// bottom-right: query `i` of `Lq` sees key `j` of `Lk` iff `j ≤ i + Lk − Lq`.
+/// A query that sees no key (causal with `Lq > Lk`) gets a row of zeros.
 #[derive(Debug)]
 pub struct FlashAttentionArgs<'a> {
     /// Queries `[total_q, num_heads, head_dim]`.

@@ -1,0 +1,1 @@
+hal::conformance_suite!(minimal_backend::MinimalBackend::open_default);
