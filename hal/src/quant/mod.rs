@@ -254,6 +254,24 @@ impl QuantWeights {
         }
     }
 
+    /// The [`crate::OpDesc`] of a `quant_gemm` with this weight, for asking
+    /// `supports` before packing.
+    pub fn op_desc(
+        &self,
+        input: crate::DType,
+        output: crate::DType,
+        precision: crate::Precision,
+    ) -> crate::OpDesc {
+        crate::OpDesc::QuantGemm {
+            spec: self.spec(),
+            input,
+            output,
+            precision,
+            n: self.n(),
+            k: self.k(),
+        }
+    }
+
     /// Check every length and range against the layout rules; the message
     /// names the offending tensor.
     pub fn validate(&self) -> Result<(), String> {
