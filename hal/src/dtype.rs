@@ -120,10 +120,8 @@ impl DType {
     pub fn write_f64(self, bytes: &mut [u8], i: usize, v: f64) {
         match self {
             DType::F32 => bytes[4 * i..4 * i + 4].copy_from_slice(&(v as f32).to_le_bytes()),
-            DType::F16 => bytes[2 * i..2 * i + 2].copy_from_slice(&f16::from_f64(v).to_le_bytes()),
-            DType::BF16 => {
-                bytes[2 * i..2 * i + 2].copy_from_slice(&bf16::from_f64(v).to_le_bytes())
-            }
+            DType::F16 => bytes[2 * i..2 * i + 2].copy_from_slice(&f64_to_f16(v).to_le_bytes()),
+            DType::BF16 => bytes[2 * i..2 * i + 2].copy_from_slice(&f64_to_bf16(v).to_le_bytes()),
             DType::F8E4M3 => bytes[i] = fp8::f32_to_e4m3(round_f64_to_f32(v)),
             DType::F8E5M2 => bytes[i] = fp8::f32_to_e5m2(round_f64_to_f32(v)),
             DType::I8 => bytes[i] = v.round().clamp(-128.0, 127.0) as i8 as u8,
@@ -140,6 +138,53 @@ impl DType {
                 bytes[i / 2] = (bytes[i / 2] & !(0xF << shift)) | (q << shift);
             }
         }
+    }
+}
+
+/// `f64` → f16, correctly rounded (nearest, ties to even).
+pub fn f64_to_f16(v: f64) -> f16 {
+    f16::from_bits(round_f64_to_16bit(
+        v,
+        |f| f16::from_f32(f).to_bits(),
+        |b| f16::from_bits(b).to_f64(),
+    ))
+}
+
+/// `f64` → bf16, correctly rounded (nearest, ties to even).
+pub fn f64_to_bf16(v: f64) -> bf16 {
+    bf16::from_bits(round_f64_to_16bit(
+        v,
+        |f| bf16::from_f32(f).to_bits(),
+        |b| bf16::from_bits(b).to_f64(),
+    ))
+}
+
+/// Round `v` to a 16-bit float format without double-rounding errors:
+/// `v → f32 → 16-bit` can land one unit off when the f32 rounding creates a
+/// tie (and `half`'s direct f64 conversions have the same flaw), so take the
+/// f32 route's result and its neighbour on `v`'s side, and keep the nearer
+/// (ties to the even encoding).
+fn round_f64_to_16bit(v: f64, from_f32: impl Fn(f32) -> u16, to_f64: impl Fn(u16) -> f64) -> u16 {
+    let r = from_f32(v as f32);
+    let a = to_f64(r);
+    if !v.is_finite() || a == v || !a.is_finite() {
+        return r;
+    }
+    let (sign, mag) = (r & 0x8000, r & 0x7fff);
+    let neighbour = if v.abs() > a.abs() {
+        mag + 1
+    } else if mag == 0 {
+        return r;
+    } else {
+        mag - 1
+    };
+    let b = sign | neighbour;
+    let bv = to_f64(b);
+    let (da, db) = ((v - a).abs(), (v - bv).abs());
+    if db < da || (db == da && b & 1 == 0) {
+        b
+    } else {
+        r
     }
 }
 
@@ -215,6 +260,32 @@ mod tests {
         assert_eq!(DType::U4.bytes_for(3), 2);
         assert_eq!(DType::BF16.bytes_for(3), 6);
         assert_eq!(DType::I64.bytes_for(2), 16);
+    }
+
+    #[test]
+    fn sixteen_bit_rounding_is_correct_from_f64() {
+        // Just above a bf16 tie: must round up (half's from_f64 truncates).
+        let v = f32::from_bits(0x9460_8005) as f64;
+        assert_eq!(f64_to_bf16(v).to_bits(), 0x9461);
+        // An exact f32 tie still goes to even.
+        assert_eq!(f64_to_bf16(f32::from_bits(0x3f80_8000) as f64).to_bits(), 0x3f80);
+        // Agreement with the f32 conversions wherever v is an f32.
+        let mut x = 0x1234_5678u32;
+        for _ in 0..200_000 {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            let f = f32::from_bits(x);
+            if f.is_finite() {
+                assert_eq!(f64_to_bf16(f as f64), bf16::from_f32(f), "{x:#x}");
+                assert_eq!(f64_to_f16(f as f64), f16::from_f32(f), "{x:#x}");
+            }
+        }
+        // Between two f16 values just above the midpoint: rounds up.
+        let lo = f16::from_f32(1.0).to_f64();
+        let hi = f16::from_bits(0x3c01).to_f64();
+        assert_eq!(f64_to_f16((lo + hi) / 2.0 + 1e-12).to_bits(), 0x3c01);
+        assert_eq!(f64_to_f16((lo + hi) / 2.0).to_bits(), 0x3c00);
     }
 
     #[test]
