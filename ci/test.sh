@@ -65,6 +65,9 @@ setup() {
     export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/kiln/target}"
     mkdir -p "$CARGO_TARGET_DIR" || return
     export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+    # Whole-crate builds: the persistent target dir gives reuse across runs,
+    # and incremental state is what breaks when runs overlap.
+    export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
     echo "$(rustc --version); $(cargo --version); target dir ${CARGO_TARGET_DIR}"
 }
 

@@ -268,7 +268,10 @@ mod tests {
         let v = f32::from_bits(0x9460_8005) as f64;
         assert_eq!(f64_to_bf16(v).to_bits(), 0x9461);
         // An exact f32 tie still goes to even.
-        assert_eq!(f64_to_bf16(f32::from_bits(0x3f80_8000) as f64).to_bits(), 0x3f80);
+        assert_eq!(
+            f64_to_bf16(f32::from_bits(0x3f80_8000) as f64).to_bits(),
+            0x3f80
+        );
         // Agreement with the f32 conversions wherever v is an f32.
         let mut x = 0x1234_5678u32;
         for _ in 0..200_000 {

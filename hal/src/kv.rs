@@ -105,7 +105,7 @@ impl KvCacheSpec {
             return Err(format!("KV cache dimensions must be non-zero: {self:?}"));
         }
         if let KvLayout::VllmSplitX { x } = self.layout {
-            if x == 0 || self.head_dim % x != 0 {
+            if x == 0 || !self.head_dim.is_multiple_of(x) {
                 return Err(format!(
                     "head_dim {} is not a multiple of x = {x}",
                     self.head_dim

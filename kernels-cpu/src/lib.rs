@@ -46,9 +46,15 @@ impl CpuBackend {
     pub fn open_default() -> Result<Self> {
         let isa = Isa::select().map_err(|m| unavailable(Unavailable::NoDevice(m)))?;
         let threads = match std::env::var("KILN_NUM_THREADS") {
-            Ok(s) if !s.is_empty() => s.parse::<usize>().ok().filter(|&n| n > 0).ok_or_else(|| {
-                HalError::invalid("cpu", "open", format!("KILN_NUM_THREADS={s:?} is not a positive integer"))
-            })?,
+            Ok(s) if !s.is_empty() => {
+                s.parse::<usize>().ok().filter(|&n| n > 0).ok_or_else(|| {
+                    HalError::invalid(
+                        "cpu",
+                        "open",
+                        format!("KILN_NUM_THREADS={s:?} is not a positive integer"),
+                    )
+                })?
+            }
             _ => std::thread::available_parallelism().map_or(1, |n| n.get()),
         };
         Self::with(isa, threads)
@@ -57,7 +63,9 @@ impl CpuBackend {
     /// Open with an explicit ISA and thread count.
     pub fn with(isa: Isa, threads: usize) -> Result<Self> {
         if !Isa::available().contains(&isa) {
-            return Err(unavailable(Unavailable::NoDevice(format!("this CPU cannot run {isa} kernels"))));
+            return Err(unavailable(Unavailable::NoDevice(format!(
+                "this CPU cannot run {isa} kernels"
+            ))));
         }
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(threads.max(1))
@@ -83,7 +91,10 @@ impl CpuBackend {
     }
 
     pub(crate) fn access(&self) -> Access<'_> {
-        Access { id: self.id, name: "cpu" }
+        Access {
+            id: self.id,
+            name: "cpu",
+        }
     }
 
     pub(crate) fn pool(&self) -> &rayon::ThreadPool {
@@ -117,7 +128,13 @@ fn cpu_model() -> String {
 
 fn memory_bytes() -> Option<u64> {
     let s = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let kb: u64 = s.lines().find(|l| l.starts_with("MemTotal:"))?.split_whitespace().nth(1)?.parse().ok()?;
+    let kb: u64 = s
+        .lines()
+        .find(|l| l.starts_with("MemTotal:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()?;
     Some(kb * 1024)
 }
 
@@ -152,7 +169,9 @@ impl Backend for CpuBackend {
             OpDesc::Gemm { .. } => gemm::supports(op),
             OpDesc::QuantGemm { .. } => quant_gemm::supports(op),
             OpDesc::WriteKv { .. } | OpDesc::CopyBlocks { .. } => kv_cache::supports(op),
-            OpDesc::PagedAttention { .. } | OpDesc::FlashAttention { .. } => attention::supports(op),
+            OpDesc::PagedAttention { .. } | OpDesc::FlashAttention { .. } => {
+                attention::supports(op)
+            }
             OpDesc::RmsNorm { .. }
             | OpDesc::Rope { .. }
             | OpDesc::SiluAndMul { .. }
@@ -168,22 +187,39 @@ impl Backend for CpuBackend {
     fn upload(&self, dst: &mut DeviceBuffer, offset: usize, src: &[u8]) -> Result<()> {
         let len = dst.len();
         let bytes = self.access().buffer_bytes_mut("upload", dst)?;
-        let end = offset.checked_add(src.len()).filter(|&e| e <= len).ok_or_else(|| {
-            HalError::invalid("cpu", "upload", format!("{} bytes at offset {offset} overflow a {len}-byte buffer", src.len()))
-        })?;
+        let end = offset
+            .checked_add(src.len())
+            .filter(|&e| e <= len)
+            .ok_or_else(|| {
+                HalError::invalid(
+                    "cpu",
+                    "upload",
+                    format!(
+                        "{} bytes at offset {offset} overflow a {len}-byte buffer",
+                        src.len()
+                    ),
+                )
+            })?;
         bytes[offset..end].copy_from_slice(src);
         Ok(())
     }
 
     fn download(&self, src: &DeviceBuffer, offset: usize, dst: &mut [u8]) -> Result<()> {
         let bytes = self.access().buffer_bytes("download", src)?;
-        let end = offset.checked_add(dst.len()).filter(|&e| e <= bytes.len()).ok_or_else(|| {
-            HalError::invalid(
-                "cpu",
-                "download",
-                format!("{} bytes at offset {offset} overflow a {}-byte buffer", dst.len(), bytes.len()),
-            )
-        })?;
+        let end = offset
+            .checked_add(dst.len())
+            .filter(|&e| e <= bytes.len())
+            .ok_or_else(|| {
+                HalError::invalid(
+                    "cpu",
+                    "download",
+                    format!(
+                        "{} bytes at offset {offset} overflow a {}-byte buffer",
+                        dst.len(),
+                        bytes.len()
+                    ),
+                )
+            })?;
         dst.copy_from_slice(&bytes[offset..end]);
         Ok(())
     }

@@ -61,12 +61,12 @@ pub fn validate(
     qzeros: &[i32],
     scales: &[f16],
 ) -> Result<(), String> {
-    if group_size == 0 || k % group_size != 0 {
+    if group_size == 0 || !k.is_multiple_of(group_size) {
         return Err(format!(
             "awq: K = {k} is not a multiple of group_size {group_size}"
         ));
     }
-    if n % 8 != 0 {
+    if !n.is_multiple_of(8) {
         return Err(format!("awq: N = {n} is not a multiple of 8"));
     }
     let groups = k / group_size;

@@ -93,7 +93,7 @@ pub fn weight(ty: GgufType, k: usize, data: &[u8], row: usize, col: usize) -> f6
 
 /// Check a weight's byte length.
 pub fn validate(ty: GgufType, n: usize, k: usize, data: &[u8]) -> Result<(), String> {
-    if k % BLOCK != 0 {
+    if !k.is_multiple_of(BLOCK) {
         return Err(format!(
             "{}: K = {k} is not a multiple of {BLOCK}",
             ty.name()

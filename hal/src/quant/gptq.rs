@@ -111,7 +111,7 @@ pub fn validate(
     if group_size == 0 {
         return Err("gptq: group_size is 0".into());
     }
-    if k % p != 0 || n % p != 0 {
+    if !k.is_multiple_of(p) || !n.is_multiple_of(p) {
         return Err(format!(
             "gptq: K = {k} and N = {n} must be multiples of {p} for {bits}-bit"
         ));
