@@ -1,23 +1,20 @@
-//! A small deterministic generator (SplitMix64): every case draws its inputs
-//! from a fixed seed, so runs on different machines time the same data.
+//! Deterministic inputs: every case draws from a fixed seed, so runs on
+//! different machines time the same data.
 
-/// Deterministic random numbers from a seed.
+/// Deterministic random numbers from a seed: the conformance suite's
+/// generator, with the f32 helpers benches want.
 #[derive(Clone, Debug)]
-pub struct Rng(u64);
+pub struct Rng(hal::conformance::Rng);
 
 impl Rng {
     /// A generator for `seed`.
     pub fn new(seed: u64) -> Self {
-        Rng(seed ^ 0x5DEE_CE66_D1CE_4E5B)
+        Rng(hal::conformance::Rng::new(seed))
     }
 
     /// Next 64 random bits.
     pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
+        self.0.next_u64()
     }
 
     /// Uniform in `[-1, 1)`.

@@ -253,3 +253,11 @@ fn conformance_rejects_bad_filters_and_families() {
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("no conformance case matched"), "{stderr}");
 }
+
+#[test]
+fn bench_with_an_unknown_device_says_why() {
+    let out = kiln(&["bench", "--device", "bogus", "--quick"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("bogus"), "{stderr}");
+}

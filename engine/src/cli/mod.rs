@@ -12,6 +12,7 @@
 //! not run as asked (bad arguments, a bad or unknown device name, a device
 //! that is unavailable on this machine).
 
+mod bench;
 mod conformance;
 mod devices;
 
@@ -49,6 +50,9 @@ enum Command {
     /// Run the HAL conformance suite against one device (exit 1 if a case
     /// fails, 2 if the device cannot be opened here).
     Conformance(conformance::ConformanceArgs),
+    /// Time the benchmark cases on the available devices and print the
+    /// roofline summary (GB/s, GFLOP/s, % of this machine's peak).
+    Bench(bench::BenchArgs),
 }
 
 /// Parse the process's command line and run it against `registry`.
@@ -81,6 +85,7 @@ where
     let result = match cli.command {
         Command::Devices(args) => devices::run(&registry, &args),
         Command::Conformance(args) => conformance::run(&registry, &args),
+        Command::Bench(args) => bench::run(&registry, &args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
