@@ -28,6 +28,7 @@ pub mod data;
 pub mod devices;
 pub mod rng;
 pub mod roofline;
+pub mod serving;
 pub mod shapes;
 pub mod summary;
 pub mod timing;

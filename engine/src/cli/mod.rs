@@ -5,7 +5,12 @@
 //! * `kiln devices [--json]` (module `devices`): every registered backend, its
 //!   devices on this machine and their capabilities, or why there are none;
 //! * `kiln conformance --device NAME` (module `conformance`): the HAL conformance
-//!   suite against one device, for machines without cargo.
+//!   suite against one device, for machines without cargo;
+//! * `kiln bench` (module `bench`): the benchmark cases and roofline summary;
+//! * `kiln generate PROMPT…` (module `generate`): run prompts through the
+//!   engine, streamed or batched, or measure offline throughput;
+//! * `kiln serve` (module `serve`): the OpenAI-compatible server;
+//! * `kiln download` (module `download`): fetch the default model.
 //!
 //! Exit codes: `0` success; `1` the command ran and found a problem (a
 //! conformance case failed) or hit an unexpected error; `2` the command could
@@ -15,6 +20,10 @@
 mod bench;
 mod conformance;
 mod devices;
+mod download;
+mod engine_args;
+mod generate;
+mod serve;
 
 use std::any::Any;
 use std::ffi::OsString;
@@ -53,6 +62,15 @@ enum Command {
     /// Time the benchmark cases on the available devices and print the
     /// roofline summary (GB/s, GFLOP/s, % of this machine's peak).
     Bench(bench::BenchArgs),
+    /// Generate text from prompts (default model: SmolLM2-135M-Instruct,
+    /// fetched on first use). One prompt streams; several run batched.
+    Generate(Box<generate::GenerateArgs>),
+    /// Serve a model over an OpenAI-compatible HTTP API (default model:
+    /// SmolLM2-135M-Instruct, fetched on first use).
+    Serve(Box<serve::ServeArgs>),
+    /// Fetch the default model (SmolLM2-135M-Instruct) into the cache and
+    /// print its path.
+    Download(download::DownloadArgs),
 }
 
 /// Parse the process's command line and run it against `registry`.
@@ -86,6 +104,9 @@ where
         Command::Devices(args) => devices::run(&registry, &args),
         Command::Conformance(args) => conformance::run(&registry, &args),
         Command::Bench(args) => bench::run(&registry, &args),
+        Command::Generate(args) => generate::run(&registry, &args),
+        Command::Download(args) => download::run(&args),
+        Command::Serve(args) => serve::run(&registry, &args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

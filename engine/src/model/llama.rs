@@ -1,0 +1,793 @@
+//! The Llama-family decoder (Llama 2/3, SmolLM2, Mistral, Qwen2) as a
+//! sequence of HAL ops. No model math happens on the host: every product,
+//! norm, rotation and softmax is a backend op.
+//!
+//! Per step, for `T` new tokens of a ragged batch and `S` sequences that
+//! need logits:
+//!
+//! ```text
+//! residual[T,H] = embedding(ids)
+//! per layer:  h = rms_norm(x, +residual)        (fused add; layer 0 has no add)
+//!             q,k,v = h·Wqᵀ, h·Wkᵀ, h·Wvᵀ (+bias)  → rope(q, k) → write_kv
+//!             x = paged_attention(q, cache)·Woᵀ
+//!             h = rms_norm(x, +residual)
+//!             x = silu_and_mul(h·[Wgate;Wup]ᵀ)·Wdownᵀ
+//! h = rms_norm(x, +residual);  rows = embedding(logit_rows, table = h)
+//! logits[S,V] = rows·Woutᵀ      (the embedding table when tied)
+//! ```
+
+use std::sync::Arc;
+
+use hal::{
+    AttentionBatch, AttentionParams, DType, Device, EmbeddingArgs, EmbeddingTable, GemmArgs,
+    HalError, HostTensor, KvCache, Layout, PackedWeight, PagedAttentionArgs, Precision,
+    QuantGemmArgs, RmsNormArgs, RopeArgs, SiluAndMulArgs, Tensor, View, ViewMut, WriteKvArgs,
+};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use super::{Checkpoint, HostWeight, LoadError, ModelConfig, WeightSource};
+
+/// How the model runs on its device.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LoadOptions {
+    /// Activation dtype (dense weights are converted to it at load).
+    pub dtype: DType,
+    /// Activation precision of quantised GEMMs.
+    pub precision: Precision,
+    /// Show a progress bar on stderr while loading (when it is a terminal).
+    pub progress: bool,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        LoadOptions {
+            dtype: DType::F32,
+            precision: Precision::Exact,
+            progress: true,
+        }
+    }
+}
+
+enum LinearWeight {
+    Dense(Tensor),
+    Quant(PackedWeight),
+}
+
+struct Linear {
+    weight: LinearWeight,
+    bias: Option<Tensor>,
+    n: usize,
+}
+
+struct Layer {
+    attn_norm: Tensor,
+    q: Linear,
+    k: Linear,
+    v: Linear,
+    o: Linear,
+    ffn_norm: Tensor,
+    gate_up: Linear,
+    down: Linear,
+}
+
+enum EmbeddingWeight {
+    Dense(Tensor),
+    Quant(PackedWeight),
+}
+
+/// Activation buffers reused across steps, sized for `capacity` tokens.
+struct Scratch {
+    capacity: usize,
+    residual: Tensor,
+    x: Tensor,
+    normed: Tensor,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    attn: Tensor,
+    gate_up: Tensor,
+    act: Tensor,
+}
+
+/// One forward step's inputs (host side).
+#[derive(Clone, Copy, Debug)]
+pub struct ForwardBatch<'a> {
+    /// New tokens of every sequence, concatenated (`T`).
+    pub token_ids: &'a [u32],
+    /// Position of each new token (`T`).
+    pub positions: &'a [i64],
+    /// Ragged metadata and slot mapping (`T` tokens).
+    pub attention: &'a AttentionBatch,
+    /// Row (index into the `T` tokens) whose logits are wanted, per sequence
+    /// that samples this step (`S`).
+    pub logit_rows: &'a [u32],
+}
+
+/// The names tensors go by in a checkpoint.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TensorNames {
+    /// llama.cpp's GGUF names (`blk.{i}.attn_q.weight`).
+    Gguf,
+    /// Hugging Face names (`model.layers.{i}.self_attn.q_proj.weight`).
+    HuggingFace,
+}
+
+impl TensorNames {
+    /// Pick the scheme a source uses.
+    pub fn detect(source: &dyn WeightSource) -> Self {
+        if source.contains("token_embd.weight") {
+            TensorNames::Gguf
+        } else {
+            TensorNames::HuggingFace
+        }
+    }
+
+    fn embed(self) -> &'static str {
+        match self {
+            TensorNames::Gguf => "token_embd.weight",
+            TensorNames::HuggingFace => "model.embed_tokens.weight",
+        }
+    }
+
+    fn norm(self) -> &'static str {
+        match self {
+            TensorNames::Gguf => "output_norm.weight",
+            TensorNames::HuggingFace => "model.norm.weight",
+        }
+    }
+
+    fn output(self) -> &'static str {
+        match self {
+            TensorNames::Gguf => "output.weight",
+            TensorNames::HuggingFace => "lm_head.weight",
+        }
+    }
+
+    /// Name of layer `i`'s tensor `what` (`"q"`, `"k"`, `"v"`, `"o"`,
+    /// `"gate"`, `"up"`, `"down"`, `"attn_norm"`, `"ffn_norm"`) with suffix
+    /// `"weight"` or `"bias"`.
+    fn layer(self, i: usize, what: &str, suffix: &str) -> String {
+        match self {
+            TensorNames::Gguf => {
+                let t = match what {
+                    "q" => "attn_q",
+                    "k" => "attn_k",
+                    "v" => "attn_v",
+                    "o" => "attn_output",
+                    "gate" => "ffn_gate",
+                    "up" => "ffn_up",
+                    "down" => "ffn_down",
+                    other => other,
+                };
+                format!("blk.{i}.{t}.{suffix}")
+            }
+            TensorNames::HuggingFace => {
+                let t = match what {
+                    "q" => "self_attn.q_proj",
+                    "k" => "self_attn.k_proj",
+                    "v" => "self_attn.v_proj",
+                    "o" => "self_attn.o_proj",
+                    "gate" => "mlp.gate_proj",
+                    "up" => "mlp.up_proj",
+                    "down" => "mlp.down_proj",
+                    "attn_norm" => "input_layernorm",
+                    "ffn_norm" => "post_attention_layernorm",
+                    other => other,
+                };
+                format!("model.layers.{i}.{t}.{suffix}")
+            }
+        }
+    }
+}
+
+/// A Llama-family model placed on a device.
+pub struct LlamaModel {
+    config: ModelConfig,
+    device: Arc<dyn Device>,
+    options: LoadOptions,
+    embedding: EmbeddingWeight,
+    layers: Vec<Layer>,
+    norm: Tensor,
+    /// `None`: tied to the embedding table.
+    lm_head: Option<Linear>,
+    cos_sin: Tensor,
+    attention: AttentionParams,
+    scratch: Option<Scratch>,
+    weight_bytes: usize,
+}
+
+impl std::fmt::Debug for LlamaModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LlamaModel")
+            .field("config", &self.config)
+            .field("device", &self.device.name())
+            .finish_non_exhaustive()
+    }
+}
+
+struct Loader<'a> {
+    device: &'a dyn Device,
+    source: &'a dyn WeightSource,
+    options: LoadOptions,
+    bytes: usize,
+    progress: ProgressBar,
+}
+
+impl Loader<'_> {
+    fn dense(
+        &mut self,
+        name: &str,
+        w: &HostWeight,
+        dtype: DType,
+        shape: &[usize],
+    ) -> Result<Tensor, LoadError> {
+        let origin = self.source.origin();
+        if w.shape() != shape {
+            return Err(LoadError::tensor(
+                origin,
+                name,
+                format!("shape {:?}, expected {shape:?}", w.shape()),
+            ));
+        }
+        let values = w
+            .to_f32()
+            .ok_or_else(|| LoadError::tensor(origin, name, "expected a dense tensor"))?;
+        let host = HostTensor::from_f32(dtype, shape, &values);
+        self.bytes += host.data.len();
+        Ok(Tensor::from_host(self.device, &host)?)
+    }
+
+    fn norm(&mut self, name: &str, hidden: usize) -> Result<Tensor, LoadError> {
+        let w = self.source.require(name)?;
+        self.progress.inc(1);
+        self.dense(name, &w, DType::F32, &[hidden])
+    }
+
+    fn linear_from(
+        &mut self,
+        name: &str,
+        w: HostWeight,
+        n: usize,
+        k: usize,
+    ) -> Result<Linear, LoadError> {
+        let origin = self.source.origin().to_string();
+        if w.shape() != [n, k] {
+            return Err(LoadError::tensor(
+                &origin,
+                name,
+                format!("shape {:?}, expected [{n}, {k}]", w.shape()),
+            ));
+        }
+        let act = self.options.dtype;
+        let weight = match &w {
+            HostWeight::Dense { .. } => LinearWeight::Dense(self.dense(name, &w, act, &[n, k])?),
+            HostWeight::Quant(q) => {
+                q.validate()
+                    .map_err(|m| LoadError::tensor(&origin, name, m))?;
+                self.device
+                    .supports(&q.op_desc(act, act, self.options.precision))
+                    .map_err(|u| {
+                        LoadError::tensor(
+                            &origin,
+                            name,
+                            format!("device {} cannot run it: {u}", self.device.name()),
+                        )
+                    })?;
+                self.bytes += q.storage_bytes();
+                LinearWeight::Quant(self.device.pack(q)?)
+            }
+        };
+        Ok(Linear {
+            weight,
+            bias: None,
+            n,
+        })
+    }
+
+    fn linear(&mut self, names: &[String], k: usize, bias: bool) -> Result<Linear, LoadError> {
+        let mut parts = Vec::with_capacity(names.len());
+        for name in names {
+            parts.push(self.source.require(&format!("{name}.weight"))?);
+            self.progress.inc(1);
+        }
+        let label = names.join("+");
+        let w = if parts.len() == 1 {
+            parts.remove(0)
+        } else {
+            HostWeight::concat_rows(&parts).ok_or_else(|| {
+                LoadError::tensor(
+                    self.source.origin(),
+                    &label,
+                    "these tensors cannot be fused (different formats or widths)",
+                )
+            })?
+        };
+        let n = w.shape().first().copied().unwrap_or(0);
+        let mut lin = self.linear_from(&label, w, n, k)?;
+        if bias {
+            let mut values = Vec::with_capacity(n);
+            for name in names {
+                let bname = format!("{name}.bias");
+                let b = self.source.require(&bname)?;
+                values.extend(b.to_f32().ok_or_else(|| {
+                    LoadError::tensor(self.source.origin(), &bname, "expected a dense tensor")
+                })?);
+            }
+            if values.len() != n {
+                return Err(LoadError::tensor(
+                    self.source.origin(),
+                    &label,
+                    format!("bias has {} elements, expected {n}", values.len()),
+                ));
+            }
+            let host = HostTensor::from_f32(self.options.dtype, &[n], &values);
+            lin.bias = Some(Tensor::from_host(self.device, &host)?);
+        }
+        Ok(lin)
+    }
+}
+
+impl LlamaModel {
+    /// Place a checkpoint's weights on `device`.
+    pub fn load(
+        checkpoint: &Checkpoint,
+        device: Arc<dyn Device>,
+        options: LoadOptions,
+    ) -> Result<LlamaModel, LoadError> {
+        Self::load_from(
+            &checkpoint.config,
+            checkpoint.source.as_ref(),
+            device,
+            options,
+        )
+    }
+
+    /// Place weights from `source` on `device`.
+    pub fn load_from(
+        config: &ModelConfig,
+        source: &dyn WeightSource,
+        device: Arc<dyn Device>,
+        options: LoadOptions,
+    ) -> Result<LlamaModel, LoadError> {
+        let c = config.clone();
+        let names = TensorNames::detect(source);
+        let (h, hd) = (c.hidden_size, c.head_dim);
+        let per_layer = 9;
+        let total = (c.num_layers * per_layer + 3) as u64;
+        let progress = if options.progress {
+            let pb = ProgressBar::new(total);
+            pb.set_style(
+                ProgressStyle::with_template("loading {msg} [{bar:30}] {pos}/{len} tensors")
+                    .unwrap_or_else(|_| ProgressStyle::default_bar())
+                    .progress_chars("=> "),
+            );
+            pb.set_message(device.name().to_string());
+            pb
+        } else {
+            ProgressBar::hidden()
+        };
+        let mut l = Loader {
+            device: device.as_ref(),
+            source,
+            options,
+            bytes: 0,
+            progress,
+        };
+        let origin = source.origin().to_string();
+
+        let embed_w = source.require(names.embed())?;
+        l.progress.inc(1);
+        if embed_w.shape() != [c.vocab_size, h] {
+            return Err(LoadError::tensor(
+                &origin,
+                names.embed(),
+                format!(
+                    "shape {:?}, expected [{}, {h}]",
+                    embed_w.shape(),
+                    c.vocab_size
+                ),
+            ));
+        }
+        let tied = !source.contains(names.output());
+        let embedding = match &embed_w {
+            HostWeight::Dense { .. } => EmbeddingWeight::Dense(l.dense(
+                names.embed(),
+                &embed_w,
+                options.dtype,
+                &[c.vocab_size, h],
+            )?),
+            HostWeight::Quant(_) => match l
+                .linear_from(names.embed(), embed_w, c.vocab_size, h)?
+                .weight
+            {
+                LinearWeight::Quant(p) => EmbeddingWeight::Quant(p),
+                LinearWeight::Dense(t) => EmbeddingWeight::Dense(t),
+            },
+        };
+
+        let mut layers = Vec::with_capacity(c.num_layers);
+        for i in 0..c.num_layers {
+            let n = |what: &str| {
+                names
+                    .layer(i, what, "weight")
+                    .trim_end_matches(".weight")
+                    .to_string()
+            };
+            let attn_norm = l.norm(&names.layer(i, "attn_norm", "weight"), h)?;
+            let q = l.linear(&[n("q")], h, c.attention_bias)?;
+            let k = l.linear(&[n("k")], h, c.attention_bias)?;
+            let v = l.linear(&[n("v")], h, c.attention_bias)?;
+            for (lin, want, what) in [
+                (&q, c.num_heads * hd, "q"),
+                (&k, c.num_kv_heads * hd, "k"),
+                (&v, c.num_kv_heads * hd, "v"),
+            ] {
+                if lin.n != want {
+                    return Err(LoadError::tensor(
+                        &origin,
+                        &n(what),
+                        format!("{} output features, expected {want}", lin.n),
+                    ));
+                }
+            }
+            let o = l.linear(&[n("o")], c.num_heads * hd, false)?;
+            let ffn_norm = l.norm(&names.layer(i, "ffn_norm", "weight"), h)?;
+            let gate_up = l.linear(&[n("gate"), n("up")], h, false)?;
+            if gate_up.n != 2 * c.intermediate_size || o.n != h {
+                return Err(LoadError::tensor(
+                    &origin,
+                    &n("gate"),
+                    "MLP or output projection widths do not match the configuration",
+                ));
+            }
+            let down = l.linear(&[n("down")], c.intermediate_size, false)?;
+            if down.n != h {
+                return Err(LoadError::tensor(&origin, &n("down"), "wrong output width"));
+            }
+            layers.push(Layer {
+                attn_norm,
+                q,
+                k,
+                v,
+                o,
+                ffn_norm,
+                gate_up,
+                down,
+            });
+        }
+        let norm = l.norm(names.norm(), h)?;
+        let lm_head = if tied {
+            None
+        } else {
+            let out_name = names.output().trim_end_matches(".weight").to_string();
+            Some(l.linear(&[out_name], h, false)?)
+        };
+        l.progress.finish_and_clear();
+
+        let rot = hd;
+        let table =
+            hal::rope_table::cos_sin_table(rot, c.max_position, c.rope_theta, c.rope_scaling);
+        let cos_sin = Tensor::from_host(
+            device.as_ref(),
+            &HostTensor::from_f32(DType::F32, &[c.max_position, rot], &table),
+        )?;
+        let mut attention = AttentionParams::for_head_dim(hd);
+        attention.sliding_window = c.sliding_window;
+        let weight_bytes = l.bytes;
+        Ok(LlamaModel {
+            config: c,
+            device,
+            options,
+            embedding,
+            layers,
+            norm,
+            lm_head,
+            cos_sin,
+            attention,
+            scratch: None,
+            weight_bytes,
+        })
+    }
+
+    /// Hyper-parameters.
+    pub fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    /// The device the weights live on.
+    pub fn device(&self) -> &Arc<dyn Device> {
+        &self.device
+    }
+
+    /// Load options in effect.
+    pub fn options(&self) -> LoadOptions {
+        self.options
+    }
+
+    /// Bytes of weights read per forward pass (as stored in the checkpoint
+    /// format, i.e. what a decode step must stream from memory).
+    pub fn weight_bytes(&self) -> usize {
+        self.weight_bytes
+    }
+
+    fn scratch(&mut self, tokens: usize) -> Result<&mut Scratch, HalError> {
+        let fits = self.scratch.as_ref().is_some_and(|s| s.capacity >= tokens);
+        if !fits {
+            let cap = tokens.next_power_of_two().max(16);
+            let c = &self.config;
+            let d = self.device.as_ref();
+            let act = self.options.dtype;
+            let a = |cols: usize| Tensor::alloc(d, act, &[cap, cols]);
+            self.scratch = Some(Scratch {
+                capacity: cap,
+                residual: a(c.hidden_size)?,
+                x: a(c.hidden_size)?,
+                normed: a(c.hidden_size)?,
+                q: a(c.num_heads * c.head_dim)?,
+                k: a(c.num_kv_heads * c.head_dim)?,
+                v: a(c.num_kv_heads * c.head_dim)?,
+                attn: a(c.num_heads * c.head_dim)?,
+                gate_up: a(2 * c.intermediate_size)?,
+                act: a(c.intermediate_size)?,
+            });
+        }
+        self.scratch
+            .as_mut()
+            .ok_or_else(|| HalError::invalid(self.device.name(), "forward", "no scratch"))
+    }
+
+    /// Run one step over `caches` (one per layer) and return the logits of
+    /// the requested rows, f32 row-major `[S, vocab]`.
+    pub fn forward(
+        &mut self,
+        caches: &mut [KvCache],
+        batch: &ForwardBatch<'_>,
+    ) -> Result<Vec<f32>, HalError> {
+        let t = batch.token_ids.len();
+        let s = batch.logit_rows.len();
+        let dev_name = self.device.name().to_string();
+        if t == 0 || batch.positions.len() != t || caches.len() != self.layers.len() {
+            return Err(HalError::invalid(
+                &dev_name,
+                "forward",
+                format!(
+                    "{t} tokens, {} positions, {} caches for {} layers",
+                    batch.positions.len(),
+                    caches.len(),
+                    self.layers.len()
+                ),
+            ));
+        }
+        let c = self.config.clone();
+        let (h, hd, nh, nkv, inter) = (
+            c.hidden_size,
+            c.head_dim,
+            c.num_heads,
+            c.num_kv_heads,
+            c.intermediate_size,
+        );
+        let device = Arc::clone(&self.device);
+        let d = device.as_ref();
+        let act = self.options.dtype;
+        let precision = self.options.precision;
+        let eps = c.rms_norm_eps;
+        let params = self.attention;
+
+        let ids_i32: Vec<i32> = batch.token_ids.iter().map(|&x| x as i32).collect();
+        let ids = Tensor::from_host(d, &HostTensor::from_i32(&[t], &ids_i32))?;
+        let positions = Tensor::from_host(d, &HostTensor::from_i64(&[t], batch.positions))?;
+        let meta = batch.attention.to_device(d)?;
+
+        // Split borrows: weights (immutable) and scratch (mutable).
+        self.scratch(t)?;
+        let LlamaModel {
+            embedding,
+            layers,
+            norm,
+            lm_head,
+            cos_sin,
+            scratch,
+            ..
+        } = self;
+        let sc = scratch
+            .as_mut()
+            .ok_or_else(|| HalError::invalid(&dev_name, "forward", "no scratch"))?;
+        let Scratch {
+            residual,
+            x,
+            normed,
+            q,
+            k,
+            v,
+            attn,
+            gate_up,
+            act: mlp_act,
+            ..
+        } = sc;
+
+        let table = match &*embedding {
+            EmbeddingWeight::Dense(t) => EmbeddingTable::Dense(t.view()),
+            EmbeddingWeight::Quant(p) => EmbeddingTable::Quant(p),
+        };
+        d.embedding(EmbeddingArgs {
+            ids: ids.view(),
+            table: table.clone(),
+            out: vm(residual, &[t, h]),
+        })?;
+
+        for (li, (layer, cache)) in layers.iter().zip(caches.iter_mut()).enumerate() {
+            if li == 0 {
+                d.rms_norm(RmsNormArgs {
+                    x: vw(residual, &[t, h]),
+                    residual: None,
+                    weight: layer.attn_norm.view(),
+                    eps,
+                    out: vm(normed, &[t, h]),
+                })?;
+            } else {
+                d.rms_norm(RmsNormArgs {
+                    x: vw(x, &[t, h]),
+                    residual: Some(vm(residual, &[t, h])),
+                    weight: layer.attn_norm.view(),
+                    eps,
+                    out: vm(normed, &[t, h]),
+                })?;
+            }
+            linear(
+                d,
+                &layer.q,
+                vw(normed, &[t, h]),
+                vm(q, &[t, nh * hd]),
+                precision,
+            )?;
+            linear(
+                d,
+                &layer.k,
+                vw(normed, &[t, h]),
+                vm(k, &[t, nkv * hd]),
+                precision,
+            )?;
+            linear(
+                d,
+                &layer.v,
+                vw(normed, &[t, h]),
+                vm(v, &[t, nkv * hd]),
+                precision,
+            )?;
+            d.rope(RopeArgs {
+                positions: positions.view(),
+                q: vm(q, &[t, nh, hd]),
+                k: vm(k, &[t, nkv, hd]),
+                cos_sin_cache: cos_sin.view(),
+                style: c.rope_style,
+            })?;
+            d.write_kv(WriteKvArgs {
+                key: vw(k, &[t, nkv, hd]),
+                value: vw(v, &[t, nkv, hd]),
+                slot_mapping: meta.slot_mapping.view(),
+                cache,
+            })?;
+            d.paged_attention(PagedAttentionArgs {
+                q: vw(q, &[t, nh, hd]),
+                cache,
+                meta: meta.metadata(),
+                params,
+                out: vm(attn, &[t, nh, hd]),
+            })?;
+            linear(
+                d,
+                &layer.o,
+                vw(attn, &[t, nh * hd]),
+                vm(x, &[t, h]),
+                precision,
+            )?;
+            d.rms_norm(RmsNormArgs {
+                x: vw(x, &[t, h]),
+                residual: Some(vm(residual, &[t, h])),
+                weight: layer.ffn_norm.view(),
+                eps,
+                out: vm(normed, &[t, h]),
+            })?;
+            linear(
+                d,
+                &layer.gate_up,
+                vw(normed, &[t, h]),
+                vm(gate_up, &[t, 2 * inter]),
+                precision,
+            )?;
+            d.silu_and_mul(SiluAndMulArgs {
+                x: vw(gate_up, &[t, 2 * inter]),
+                out: vm(mlp_act, &[t, inter]),
+            })?;
+            linear(
+                d,
+                &layer.down,
+                vw(mlp_act, &[t, inter]),
+                vm(x, &[t, h]),
+                precision,
+            )?;
+        }
+        d.rms_norm(RmsNormArgs {
+            x: vw(x, &[t, h]),
+            residual: Some(vm(residual, &[t, h])),
+            weight: norm.view(),
+            eps,
+            out: vm(normed, &[t, h]),
+        })?;
+        if s == 0 {
+            return Ok(Vec::new());
+        }
+        // Gather the rows that need logits: an embedding lookup whose table
+        // is the hidden states.
+        let rows_i32: Vec<i32> = batch.logit_rows.iter().map(|&r| r as i32).collect();
+        let rows = Tensor::from_host(d, &HostTensor::from_i32(&[s], &rows_i32))?;
+        let mut gathered = Tensor::alloc(d, act, &[s, h])?;
+        d.embedding(EmbeddingArgs {
+            ids: rows.view(),
+            table: EmbeddingTable::Dense(vw(normed, &[t, h])),
+            out: gathered.view_mut(),
+        })?;
+        // Logits come out in the activation dtype and are widened on the host.
+        let mut logits = Tensor::alloc(d, act, &[s, c.vocab_size])?;
+        match (&*lm_head, &*embedding) {
+            (Some(head), _) => linear(d, head, gathered.view(), logits.view_mut(), precision)?,
+            (None, EmbeddingWeight::Quant(p)) => d.quant_gemm(QuantGemmArgs {
+                x: gathered.view(),
+                w: p,
+                bias: None,
+                out: logits.view_mut(),
+                precision,
+            })?,
+            (None, EmbeddingWeight::Dense(w)) => d.gemm(GemmArgs {
+                x: gathered.view(),
+                w: w.view(),
+                bias: None,
+                out: logits.view_mut(),
+            })?,
+        }
+        d.synchronize()?;
+        let host = logits.to_host(d)?;
+        Ok(host.to_f32())
+    }
+}
+
+fn vw<'a>(t: &'a Tensor, shape: &[usize]) -> View<'a> {
+    View {
+        buffer: &t.buffer,
+        dtype: t.dtype,
+        layout: Layout::contiguous(shape),
+    }
+}
+
+fn vm<'a>(t: &'a mut Tensor, shape: &[usize]) -> ViewMut<'a> {
+    ViewMut {
+        buffer: &mut t.buffer,
+        dtype: t.dtype,
+        layout: Layout::contiguous(shape),
+    }
+}
+
+fn linear(
+    d: &dyn Device,
+    l: &Linear,
+    x: View<'_>,
+    out: ViewMut<'_>,
+    precision: Precision,
+) -> Result<(), HalError> {
+    let bias = l.bias.as_ref().map(Tensor::view);
+    match &l.weight {
+        LinearWeight::Dense(w) => d.gemm(GemmArgs {
+            x,
+            w: w.view(),
+            bias,
+            out,
+        }),
+        LinearWeight::Quant(p) => d.quant_gemm(QuantGemmArgs {
+            x,
+            w: p,
+            bias,
+            out,
+            precision,
+        }),
+    }
+}
