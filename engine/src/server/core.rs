@@ -38,8 +38,11 @@ pub enum Command {
         /// The answer.
         reply: tokio::sync::oneshot::Sender<Result<RequestId, RequestError>>,
     },
-    /// Abort a request.
+    /// Abort a request whose client went away.
     Abort(RequestId),
+    /// Withdraw a request the handler no longer wants (e.g. a sibling
+    /// choice was refused).
+    Cancel(RequestId),
     /// Abort everything (shutdown after the drain timeout).
     AbortAll,
     /// Stop the loop.
@@ -151,7 +154,13 @@ fn run(
                         let _ = reply.send(Err(e));
                     }
                 },
-                Command::Abort(id) => abort(engine, &mut live, id, metrics),
+                Command::Abort(id) => {
+                    if live.contains_key(&id) {
+                        metrics.aborted_disconnect.inc();
+                    }
+                    abort(engine, &mut live, id, metrics);
+                }
+                Command::Cancel(id) => abort(engine, &mut live, id, metrics),
                 Command::AbortAll => {
                     let ids: Vec<RequestId> = live.keys().copied().collect();
                     for id in ids {
@@ -178,6 +187,7 @@ fn run(
                 drop(l);
                 if engine.abort(id).is_some() {
                     metrics.aborted_disconnect.inc();
+                    metrics.finished("abort");
                 }
             }
         }

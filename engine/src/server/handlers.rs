@@ -136,13 +136,13 @@ async fn submit(
                 }
                 Some(Err(e)) => {
                     for &id in choices.keys() {
-                        state.core.send(Command::Abort(id));
+                        state.core.send(Command::Cancel(id));
                     }
                     return Err(request_error(e, max_tokens_param));
                 }
                 None => {
                     for &id in choices.keys() {
-                        state.core.send(Command::Abort(id));
+                        state.core.send(Command::Cancel(id));
                     }
                     return Err(ApiError::unavailable("the engine has stopped", 5));
                 }
