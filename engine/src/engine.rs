@@ -410,7 +410,16 @@ impl Engine {
                     .detok
                     .push(self.tokenizer.as_ref(), token)
                     .unwrap_or_default();
-                let m = st.matcher.push(&delta);
+                // As vLLM: stop strings count only once more than
+                // `min_tokens` tokens were generated; earlier text passes.
+                let m = if num_generated > st.params.min_tokens {
+                    st.matcher.push(&delta)
+                } else {
+                    crate::stop::StopMatch {
+                        text: delta,
+                        stop: None,
+                    }
+                };
                 text.push_str(&m.text);
                 if let Some(stop_string) = m.stop {
                     finish = Some(Finish {
@@ -661,4 +670,127 @@ pub enum GenerateError {
     /// The device failed.
     #[error(transparent)]
     Engine(#[from] EngineError),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kv::CacheDtype;
+
+    fn tiny(memory_bytes: u64) -> Engine {
+        let c = Checkpoint::synthetic("tiny").unwrap();
+        let dev: Arc<dyn Device> = Arc::new(kernels_cpu::CpuBackend::open_default().unwrap());
+        Engine::new(
+            c,
+            dev,
+            EngineConfig {
+                cache: CacheConfig {
+                    memory_bytes,
+                    dtype: CacheDtype::F32,
+                    ..CacheConfig::default()
+                },
+                load: LoadOptions {
+                    progress: false,
+                    ..LoadOptions::default()
+                },
+                ..EngineConfig::default()
+            },
+        )
+        .unwrap()
+    }
+
+    fn sampled(seed: u64) -> SamplingParams {
+        // The tiny random model is sharply peaked: sample hot.
+        SamplingParams {
+            temperature: 20.0,
+            seed: Some(seed),
+            max_tokens: 10,
+            ignore_eos: true,
+            ..SamplingParams::default()
+        }
+    }
+
+    #[test]
+    fn a_seeded_request_gives_the_same_tokens_alone_or_in_a_batch() {
+        let mut e = tiny(8 << 20);
+        let p: Vec<u32> = (10..30).collect();
+        let alone = e.generate(std::slice::from_ref(&p), &sampled(5)).unwrap();
+        let others: Vec<Vec<u32>> = (0..5).map(|i| (40 + i..60 + 3 * i).collect()).collect();
+        let mut batch = others.clone();
+        batch.insert(2, p.clone());
+        let together = e.generate(&batch, &sampled(5)).unwrap();
+        assert_eq!(together[2].tokens, alone[0].tokens);
+        assert_eq!(alone[0].tokens.len(), 10);
+        let other_seed = e.generate(&[p], &sampled(6)).unwrap();
+        assert_ne!(other_seed[0].tokens, alone[0].tokens);
+    }
+
+    #[test]
+    fn abort_frees_every_block_and_reports_abort() {
+        let mut e = tiny(8 << 20);
+        let total = e.scheduler().kv().num_free_blocks();
+        let id = e.add_request((1..40).collect(), sampled(1)).unwrap();
+        e.step().unwrap();
+        assert!(e.scheduler().kv().num_free_blocks() < total);
+        let out = e.abort(id).unwrap();
+        assert_eq!(out.finish.unwrap().reason, FinishReason::Abort);
+        assert_eq!(e.scheduler().kv().num_free_blocks(), total);
+        assert!(!e.has_unfinished());
+        assert!(e.abort(id).is_none());
+    }
+
+    #[test]
+    fn bad_requests_are_refused_before_they_run() {
+        let e = tiny(1 << 20);
+        let vocab = e.model_config().vocab_size as u32;
+        let p = SamplingParams::default();
+        assert!(matches!(
+            e.validate_request(&[1, vocab], &p),
+            Err(RequestError::TokenOutOfVocab { position: 1, .. })
+        ));
+        assert!(matches!(
+            e.validate_request(&[], &p),
+            Err(RequestError::Rejected(RejectReason::EmptyPrompt))
+        ));
+        let long = SamplingParams {
+            max_tokens: 100_000,
+            ..SamplingParams::default()
+        };
+        assert!(matches!(
+            e.validate_request(&[1], &long),
+            Err(RequestError::Rejected(RejectReason::TooLong { .. }))
+        ));
+        let bad = SamplingParams {
+            temperature: -1.0,
+            ..SamplingParams::default()
+        };
+        assert!(matches!(
+            e.validate_request(&[1], &bad),
+            Err(RequestError::Param(_))
+        ));
+    }
+
+    #[test]
+    fn stop_strings_end_generation_and_are_not_emitted() {
+        let mut e = tiny(8 << 20);
+        let p: Vec<u32> = (10..30).collect();
+        let free = e
+            .generate(std::slice::from_ref(&p), &sampled(3))
+            .unwrap()
+            .remove(0);
+        // Stop at the third character of the free-running text.
+        let chars: Vec<char> = free.text.chars().collect();
+        assert!(chars.len() >= 4, "{:?}", free.text);
+        let stop: String = chars[2..4].iter().collect();
+        let params = SamplingParams {
+            stop: vec![stop.clone()],
+            ..sampled(3)
+        };
+        let out = e.generate(&[p], &params).unwrap().remove(0);
+        let f = out.finish.unwrap();
+        assert_eq!(f.reason, FinishReason::Stop);
+        assert_eq!(f.stop_reason, Some(StopReason::StopString(stop.clone())));
+        assert!(free.text.starts_with(&out.text));
+        assert!(!out.text.contains(&stop));
+    }
 }

@@ -20,7 +20,7 @@
 //! `<|im_start|>` encodes to its single id, wherever it appears. Only special
 //! tokens are dropped by `decode(.., skip_special_tokens = true)`.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::io;
 use std::path::Path;
@@ -529,6 +529,51 @@ impl Tokenizer {
     pub fn inner(&self) -> &tokenizers::Tokenizer {
         &self.inner
     }
+
+    /// The raw bytes a token stands for (a token may hold part of a UTF-8
+    /// character, so these are not always valid UTF-8 on their own), as
+    /// OpenAI's `logprobs.bytes` reports them. Special tokens give their
+    /// text; unknown ids give nothing.
+    pub fn token_bytes(&self, id: u32) -> Vec<u8> {
+        let Some(tok) = self.inner.id_to_token(id) else {
+            return Vec::new();
+        };
+        if self.special_ids.contains(&id) {
+            return tok.into_bytes();
+        }
+        if self.is_byte_level() {
+            let map = unicode_to_byte();
+            if let Some(bytes) = tok.chars().map(|c| map.get(&c).copied()).collect() {
+                return bytes;
+            }
+            return tok.into_bytes();
+        }
+        // SentencePiece: `<0xNN>` byte-fallback tokens, `▁` for spaces.
+        if let Some(hex) = tok.strip_prefix("<0x").and_then(|t| t.strip_suffix('>')) {
+            if let Ok(b) = u8::from_str_radix(hex, 16) {
+                return vec![b];
+            }
+        }
+        tok.replace('\u{2581}', " ").into_bytes()
+    }
+
+    /// Whether the decoder is GPT-2 style byte-level BPE.
+    fn is_byte_level(&self) -> bool {
+        self.inner
+            .get_decoder()
+            .and_then(|d| serde_json::to_string(d).ok())
+            .is_some_and(|j| j.contains("\"ByteLevel\""))
+    }
+}
+
+/// GPT-2's byte-level map, inverted: vocabulary character → byte.
+fn unicode_to_byte() -> &'static HashMap<char, u8> {
+    static MAP: std::sync::OnceLock<HashMap<char, u8>> = std::sync::OnceLock::new();
+    MAP.get_or_init(|| {
+        (0..=255u8)
+            .map(|b| (crate::model::synthetic::byte_to_char(b), b))
+            .collect()
+    })
 }
 
 /// Typed access to a GGUF file's tokenizer keys, with errors naming the key.

@@ -337,15 +337,13 @@ async fn completions_inner(
     let id = new_id(&state, "cmpl");
     let created = unix_now();
     let t0 = Instant::now();
-    let sub = submit(
-        &state,
-        &prompts,
-        &params,
-        n,
-        explicit_max.is_some(),
-        "max_tokens",
-    )
-    .await?;
+    // Completions default to 16 tokens (OpenAI's and vLLM's default);
+    // chat defaults to the room left in the context.
+    let mut params = params;
+    if explicit_max.is_none() {
+        params.max_tokens = 16;
+    }
+    let sub = submit(&state, &prompts, &params, n, true, "max_tokens").await?;
     let total = prompts.len() * n;
     tracing::info!(request_id = %id, prompts = prompts.len(), n, prompt_tokens = sub.prompt_tokens, stream, "completion request");
     let guard = AbortGuard {

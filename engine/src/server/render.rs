@@ -21,7 +21,7 @@ pub fn completion_logprobs(tok: &Tokenizer, lp: &[TokenLogprobs], offset: &mut u
     for t in lp {
         let text = token_text(tok, t.token);
         offsets.push(*offset);
-        *offset += text.len();
+        *offset += tok.token_bytes(t.token).len();
         tokens.push(Value::String(text));
         token_logprobs.push(json_f32(t.logprob));
         let mut m = serde_json::Map::new();
@@ -47,14 +47,17 @@ pub fn chat_logprobs(tok: &Tokenizer, lp: &[TokenLogprobs]) -> Vec<Value> {
                 .top
                 .iter()
                 .map(|&(id, l)| {
-                    let s = token_text(tok, id);
-                    json!({"token": s, "logprob": json_f32(l), "bytes": s.as_bytes()})
+                    json!({
+                        "token": token_text(tok, id),
+                        "logprob": json_f32(l),
+                        "bytes": tok.token_bytes(id),
+                    })
                 })
                 .collect();
             json!({
                 "token": text,
                 "logprob": json_f32(t.logprob),
-                "bytes": text.as_bytes(),
+                "bytes": tok.token_bytes(t.token),
                 "top_logprobs": top,
             })
         })

@@ -176,6 +176,30 @@ class TestCompletions(unittest.TestCase):
         self.assertEqual(r.usage.completion_tokens, 3)
         self.assertEqual(r.choices[0].finish_reason, "length")
 
+    def test_default_max_tokens_is_16(self):
+        # OpenAI's (and vLLM's) default for legacy completions is 16 tokens.
+        # Streamed with ignore_eos and counted through logprobs, so that a
+        # server that generates more is cut off after 17 tokens.
+        stream = CLIENT.completions.create(
+            model=MODEL,
+            prompt=PROMPT,
+            temperature=0,
+            logprobs=0,
+            stream=True,
+            extra_body={"ignore_eos": True},
+        )
+        tokens, finish = 0, None
+        with stream:
+            for chunk in stream:
+                for ch in chunk.choices:
+                    if ch.logprobs is not None:
+                        tokens += len(ch.logprobs.tokens)
+                    finish = finish or ch.finish_reason
+                if finish or tokens > 16:
+                    break
+        self.assertEqual(tokens, 16)
+        self.assertEqual(finish, "length")
+
     def test_echo_prepends_prompt(self):
         r = complete(echo=True, max_tokens=4)
         text = r.choices[0].text
@@ -213,6 +237,19 @@ class TestChat(unittest.TestCase):
         r = chat(max_tokens=None, max_completion_tokens=2)
         self.assertEqual(r.usage.completion_tokens, 2)
         self.assertEqual(r.choices[0].finish_reason, "length")
+
+    def test_every_role_accepted(self):
+        msgs = [
+            {"role": "system", "content": "Answer briefly."},
+            {"role": "developer", "content": "Use English."},
+            {"role": "user", "content": "Hi", "name": "bob"},
+            {"role": "assistant", "content": None},
+            {"role": "tool", "content": "42"},
+            {"role": "user", "content": "What is the capital of France?"},
+        ]
+        r = chat(messages=msgs, max_tokens=4)
+        self.assertEqual(r.choices[0].message.role, "assistant")
+        self.assertTrue(r.choices[0].message.content)
 
     def test_text_content_parts(self):
         msgs = [{"role": "user", "content": [{"type": "text", "text": QUESTION[0]["content"]}]}]
@@ -772,6 +809,36 @@ class TestErrors(ErrorAssertions, unittest.TestCase):
         )
         self.assert_client_error(openai.BadRequestError, 400, complete, suffix="x")
         self.assert_client_error(openai.BadRequestError, 400, complete, best_of=3)
+
+    def test_out_of_range_sampling_fields(self):
+        cases = [
+            ("top_p", 0),
+            ("top_p", 1.5),
+            ("min_p", 2),
+            ("presence_penalty", 5),
+            ("frequency_penalty", -3),
+            ("repetition_penalty", 0),
+            ("top_k", -2),
+            ("min_tokens", -1),
+            ("max_tokens", 0),
+            ("logprobs", -1),
+            ("stop", ""),
+            ("stop", [str(i) for i in range(17)]),
+            ("stop_token_ids", [-1]),
+            ("stop_token_ids", [10**9]),
+        ]
+        for field, value in cases:
+            with self.subTest(field=field, value=value):
+                err = self.assert_client_error(
+                    openai.BadRequestError, 400, complete, extra_body={field: value}
+                )
+                self.assertEqual(err["param"], field)
+
+    def test_min_tokens_above_max_tokens(self):
+        err = self.assert_client_error(
+            openai.BadRequestError, 400, chat, max_tokens=4, extra_body={"min_tokens": 20}
+        )
+        self.assertEqual(err["param"], "min_tokens")
 
     def test_non_finite_number_refused(self):
         r = HTTP.post(
