@@ -289,26 +289,74 @@ fn generate_runs_a_synthetic_model_and_reports_speed() {
     ]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let err = text(&out.stderr);
-    assert!(err.contains("5 prompt tokens, 5 generated (length)"), "{err}");
+    assert!(
+        err.contains("5 prompt tokens, 5 generated (length)"),
+        "{err}"
+    );
     assert!(err.contains("tokens/s"), "{err}");
 
-    let out = kiln(&["generate", "--model", "synthetic:tiny", "--throughput", "4", "--max-tokens", "3"]);
+    let out = kiln(&[
+        "generate",
+        "--model",
+        "synthetic:tiny",
+        "--throughput",
+        "4",
+        "--max-tokens",
+        "3",
+    ]);
     assert!(out.status.success(), "{}", text(&out.stderr));
-    assert!(text(&out.stderr).contains("4 requests in"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("4 requests in"),
+        "{}",
+        text(&out.stderr)
+    );
 }
 
 #[test]
 fn generate_refuses_bad_flags_and_impossible_requests() {
     for args in [
-        &["generate", "--model", "synthetic:tiny", "--kv-cache-memory", "lots", "x"][..],
-        &["generate", "--model", "synthetic:tiny", "--dtype", "int3", "x"],
-        &["generate", "--model", "synthetic:tiny", "--temperature", "-1", "x"],
-        &["generate", "--model", "synthetic:tiny", "--max-tokens", "100000", "x"],
+        &[
+            "generate",
+            "--model",
+            "synthetic:tiny",
+            "--kv-cache-memory",
+            "lots",
+            "x",
+        ][..],
+        &[
+            "generate",
+            "--model",
+            "synthetic:tiny",
+            "--dtype",
+            "int3",
+            "x",
+        ],
+        &[
+            "generate",
+            "--model",
+            "synthetic:tiny",
+            "--temperature",
+            "-1",
+            "x",
+        ],
+        &[
+            "generate",
+            "--model",
+            "synthetic:tiny",
+            "--max-tokens",
+            "100000",
+            "x",
+        ],
         &["generate", "--model", "synthetic:nope", "x"],
         &["generate", "--model", "synthetic:tiny"],
     ] {
         let out = kiln(args);
-        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", text(&out.stderr));
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{args:?}: {}",
+            text(&out.stderr)
+        );
         assert!(text(&out.stderr).contains("error: "), "{args:?}");
     }
 }
