@@ -280,6 +280,45 @@ impl Tensor {
         }
     }
 
+    /// Overwrite with `bytes` as a contiguous `dtype` tensor of `shape`,
+    /// reusing the buffer when it is large enough and reallocating it (with
+    /// 2× headroom) when not: per-step inputs without per-step allocation.
+    pub fn refill<B: Backend + ?Sized>(
+        &mut self,
+        backend: &B,
+        dtype: DType,
+        shape: &[usize],
+        bytes: &[u8],
+    ) -> Result<()> {
+        if self.buffer.len() < bytes.len() {
+            self.buffer = backend.alloc((2 * bytes.len()).max(64))?;
+        }
+        self.dtype = dtype;
+        self.layout = Layout::contiguous(shape);
+        if !bytes.is_empty() {
+            backend.upload(&mut self.buffer, 0, bytes)?;
+        }
+        Ok(())
+    }
+
+    /// Make room for a contiguous `dtype` tensor of `shape` (contents
+    /// unspecified), reusing the buffer when it is large enough.
+    pub fn reshape_for<B: Backend + ?Sized>(
+        &mut self,
+        backend: &B,
+        dtype: DType,
+        shape: &[usize],
+    ) -> Result<()> {
+        let layout = Layout::contiguous(shape);
+        let bytes = dtype.bytes_for(layout.numel());
+        if self.buffer.len() < bytes {
+            self.buffer = backend.alloc((2 * bytes).max(64))?;
+        }
+        self.dtype = dtype;
+        self.layout = layout;
+        Ok(())
+    }
+
     /// Copy to the host. Call [`Backend::synchronize`] first if ops that
     /// write this tensor may still be pending.
     pub fn to_host<B: Backend + ?Sized>(&self, backend: &B) -> Result<HostTensor> {

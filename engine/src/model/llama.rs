@@ -19,9 +19,10 @@
 use std::sync::Arc;
 
 use hal::{
-    AttentionBatch, AttentionParams, DType, Device, EmbeddingArgs, EmbeddingTable, GemmArgs,
-    HalError, HostTensor, KvCache, Layout, PackedWeight, PagedAttentionArgs, Precision,
-    QuantGemmArgs, RmsNormArgs, RopeArgs, SiluAndMulArgs, Tensor, View, ViewMut, WriteKvArgs,
+    AttentionBatch, AttentionParams, DType, Device, DeviceAttentionBatch, EmbeddingArgs,
+    EmbeddingTable, GemmArgs, HalError, HostTensor, KvCache, Layout, PackedWeight,
+    PagedAttentionArgs, Precision, QuantGemmArgs, RmsNormArgs, RopeArgs, SiluAndMulArgs, Tensor,
+    View, ViewMut, WriteKvArgs,
 };
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -87,6 +88,41 @@ struct Scratch {
     attn: Tensor,
     gate_up: Tensor,
     act: Tensor,
+}
+
+/// Per-step inputs and outputs on the device, reused across steps (grown
+/// when a step is larger than any before), plus the host buffer logits are
+/// read into: the decode loop allocates nothing.
+struct StepBuffers {
+    ids: Tensor,
+    positions: Tensor,
+    rows: Tensor,
+    meta: DeviceAttentionBatch,
+    gathered: Tensor,
+    logits: Tensor,
+    host: Vec<u8>,
+}
+
+impl StepBuffers {
+    fn new(d: &dyn Device, act: DType) -> Result<Self, HalError> {
+        let small = |dtype| Tensor::alloc(d, dtype, &[1]);
+        Ok(StepBuffers {
+            ids: small(DType::I32)?,
+            positions: small(DType::I64)?,
+            rows: small(DType::I32)?,
+            meta: DeviceAttentionBatch {
+                query_start_loc: small(DType::I32)?,
+                seq_lens: small(DType::I32)?,
+                block_tables: small(DType::I32)?,
+                slot_mapping: small(DType::I64)?,
+                max_query_len: 0,
+                max_seq_len: 0,
+            },
+            gathered: small(act)?,
+            logits: small(act)?,
+            host: Vec::new(),
+        })
+    }
 }
 
 /// One forward step's inputs (host side).
@@ -193,6 +229,7 @@ pub struct LlamaModel {
     cos_sin: Tensor,
     attention: AttentionParams,
     scratch: Option<Scratch>,
+    step: Option<StepBuffers>,
     weight_bytes: usize,
 }
 
@@ -485,6 +522,7 @@ impl LlamaModel {
             cos_sin,
             attention,
             scratch: None,
+            step: None,
             weight_bytes,
         })
     }
@@ -573,10 +611,25 @@ impl LlamaModel {
         let eps = c.rms_norm_eps;
         let params = self.attention;
 
-        let ids_i32: Vec<i32> = batch.token_ids.iter().map(|&x| x as i32).collect();
-        let ids = Tensor::from_host(d, &HostTensor::from_i32(&[t], &ids_i32))?;
-        let positions = Tensor::from_host(d, &HostTensor::from_i64(&[t], batch.positions))?;
-        let meta = batch.attention.to_device(d)?;
+        if self.step.is_none() {
+            self.step = Some(StepBuffers::new(d, act)?);
+        }
+        let Some(step) = self.step.as_mut() else {
+            return Err(HalError::invalid(&dev_name, "forward", "no step buffers"));
+        };
+        let ids_bytes: Vec<u8> = batch
+            .token_ids
+            .iter()
+            .flat_map(|&x| (x as i32).to_le_bytes())
+            .collect();
+        step.ids.refill(d, DType::I32, &[t], &ids_bytes)?;
+        let pos_bytes: Vec<u8> = batch
+            .positions
+            .iter()
+            .flat_map(|x| x.to_le_bytes())
+            .collect();
+        step.positions.refill(d, DType::I64, &[t], &pos_bytes)?;
+        step.meta.update(d, batch.attention)?;
 
         // Split borrows: weights (immutable) and scratch (mutable).
         self.scratch(t)?;
@@ -587,8 +640,21 @@ impl LlamaModel {
             lm_head,
             cos_sin,
             scratch,
+            step,
             ..
         } = self;
+        let step = step
+            .as_mut()
+            .ok_or_else(|| HalError::invalid(&dev_name, "forward", "no step buffers"))?;
+        let StepBuffers {
+            ids,
+            positions,
+            rows,
+            meta,
+            gathered,
+            logits,
+            host,
+        } = step;
         let sc = scratch
             .as_mut()
             .ok_or_else(|| HalError::invalid(&dev_name, "forward", "no scratch"))?;
@@ -719,16 +785,20 @@ impl LlamaModel {
         }
         // Gather the rows that need logits: an embedding lookup whose table
         // is the hidden states.
-        let rows_i32: Vec<i32> = batch.logit_rows.iter().map(|&r| r as i32).collect();
-        let rows = Tensor::from_host(d, &HostTensor::from_i32(&[s], &rows_i32))?;
-        let mut gathered = Tensor::alloc(d, act, &[s, h])?;
+        let rows_bytes: Vec<u8> = batch
+            .logit_rows
+            .iter()
+            .flat_map(|&r| (r as i32).to_le_bytes())
+            .collect();
+        rows.refill(d, DType::I32, &[s], &rows_bytes)?;
+        gathered.reshape_for(d, act, &[s, h])?;
         d.embedding(EmbeddingArgs {
             ids: rows.view(),
             table: EmbeddingTable::Dense(vw(normed, &[t, h])),
             out: gathered.view_mut(),
         })?;
         // Logits come out in the activation dtype and are widened on the host.
-        let mut logits = Tensor::alloc(d, act, &[s, c.vocab_size])?;
+        logits.reshape_for(d, act, &[s, c.vocab_size])?;
         match (&*lm_head, &*embedding) {
             (Some(head), _) => linear(d, head, gathered.view(), logits.view_mut(), precision)?,
             (None, EmbeddingWeight::Quant(p)) => d.quant_gemm(QuantGemmArgs {
@@ -746,8 +816,27 @@ impl LlamaModel {
             })?,
         }
         d.synchronize()?;
-        let host = logits.to_host(d)?;
-        Ok(host.to_f32())
+        host.resize(act.bytes_for(s * c.vocab_size), 0);
+        d.download(&logits.buffer, 0, host)?;
+        Ok(widen(act, host))
+    }
+}
+
+/// Little-endian `dtype` bytes as f32.
+fn widen(dtype: DType, bytes: &[u8]) -> Vec<f32> {
+    match dtype {
+        DType::F16 => bytes
+            .chunks_exact(2)
+            .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
+            .collect(),
+        DType::BF16 => bytes
+            .chunks_exact(2)
+            .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
+            .collect(),
+        _ => bytes
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect(),
     }
 }
 

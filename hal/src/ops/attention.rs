@@ -411,6 +411,42 @@ pub struct DeviceAttentionBatch {
 }
 
 impl DeviceAttentionBatch {
+    /// Refill from `host`, reusing the device buffers when they are large
+    /// enough (and growing them, with headroom, when not), so a decode loop
+    /// does not allocate metadata every step and keeps stable buffers for
+    /// step capture.
+    pub fn update<B: Backend + ?Sized>(
+        &mut self,
+        backend: &B,
+        host: &AttentionBatch,
+    ) -> Result<()> {
+        let b = host.num_seqs();
+        self.query_start_loc.refill(
+            backend,
+            DType::I32,
+            &[b + 1],
+            &i32_bytes(&host.query_start_loc),
+        )?;
+        self.seq_lens
+            .refill(backend, DType::I32, &[b], &i32_bytes(&host.seq_lens))?;
+        self.block_tables.refill(
+            backend,
+            DType::I32,
+            &[b, host.max_blocks_per_seq],
+            &i32_bytes(&host.block_tables),
+        )?;
+        let slots: Vec<u8> = host
+            .slot_mapping
+            .iter()
+            .flat_map(|x| x.to_le_bytes())
+            .collect();
+        self.slot_mapping
+            .refill(backend, DType::I64, &[host.slot_mapping.len()], &slots)?;
+        self.max_query_len = host.max_query_len();
+        self.max_seq_len = host.max_seq_len();
+        Ok(())
+    }
+
     /// Views for [`PagedAttentionArgs::meta`].
     pub fn metadata(&self) -> AttentionMetadata<'_> {
         AttentionMetadata {
@@ -421,4 +457,8 @@ impl DeviceAttentionBatch {
             max_seq_len: self.max_seq_len,
         }
     }
+}
+
+fn i32_bytes(v: &[i32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
 }
