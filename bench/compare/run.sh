@@ -1,0 +1,109 @@
+#!/usr/bin/env bash
+# Kiln and its peers on this machine, side by side, in one run:
+#
+#   bash bench/compare/run.sh            # everything, writes docs/bench/cpu-vs-peers.md
+#   SKIP_SERVE=1 bash bench/compare/run.sh   # kernels and llama-bench only
+#
+# Builds the peers from the registries into a private folder, once
+# ($KILN_PEERS_DIR, default ~/.cache/kiln/peers): llama.cpp from the source
+# distribution of llama-cpp-python on PyPI (its vendor/llama.cpp, with cmake
+# and ninja from PyPI; ~6 minutes on 2 cores) and numpy (OpenBLAS sgemm).
+# Then runs the same work with the same threads on Kiln and on each peer and
+# writes a markdown table of ratios. Not part of CI: it takes minutes and
+# measures speed, which a shared CI machine cannot judge.
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/../.."
+root=$PWD
+peers="${KILN_PEERS_DIR:-$HOME/.cache/kiln/peers}"
+threads="${THREADS:-2}"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/kiln/target}"
+out="$root/docs/bench/cpu-vs-peers.md"
+work=$(mktemp -d)
+trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
+
+log() { echo "compare: $*" >&2; }
+
+mkdir -p "$peers"
+venv="$peers/venv"
+if [ ! -x "$venv/bin/python" ]; then
+    python3 -m venv "$venv"
+    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check cmake ninja numpy
+fi
+
+llama="$peers/llama.cpp/build/bin"
+if [ ! -x "$llama/llama-bench" ] || [ ! -x "$llama/llama-server" ]; then
+    log "building llama.cpp (vendored by llama-cpp-python 0.3.36) into $peers/llama.cpp"
+    "$venv/bin/python" -m pip download --quiet --no-deps --no-binary llama-cpp-python \
+        llama-cpp-python==0.3.36 -d "$peers/dl"
+    rm -rf "$peers/src" && mkdir -p "$peers/src"
+    tar xzf "$peers/dl/llama_cpp_python-0.3.36.tar.gz" -C "$peers/src"
+    rm -rf "$peers/llama.cpp" && cp -r "$peers/src/llama_cpp_python-0.3.36/vendor/llama.cpp" "$peers/llama.cpp"
+    PATH="$venv/bin:$PATH" cmake -S "$peers/llama.cpp" -B "$peers/llama.cpp/build" -G Ninja \
+        -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON -DLLAMA_CURL=OFF \
+        -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=ON >&2
+    PATH="$venv/bin:$PATH" cmake --build "$peers/llama.cpp/build" --target llama-bench llama-server -j "$threads" >&2
+fi
+
+log "building kiln (release)"
+cargo build --release --locked -p engine --bin kiln -p bench --bin kiln-bench-serve \
+    -p kernels-cpu --example gemm_speed >&2
+bin="$CARGO_TARGET_DIR/release"
+model=$("$bin/kiln" download -q)
+
+load_before=$(cut -d' ' -f1-3 /proc/loadavg)
+
+# sgemm 1024³: numpy (OpenBLAS) and Kiln's CPU GEMM.
+log "sgemm 1024³"
+OPENBLAS_NUM_THREADS=$threads OMP_NUM_THREADS=$threads "$venv/bin/python" - >"$work/numpy.txt" <<'PY'
+import time, numpy as np
+a = np.random.rand(1024, 1024).astype(np.float32); b = np.random.rand(1024, 1024).astype(np.float32)
+best = 1e9
+for _ in range(20):
+    t = time.perf_counter(); a @ b; best = min(best, time.perf_counter() - t)
+print(2 * 1024**3 / best / 1e9)
+PY
+KILN_NUM_THREADS=$threads "$bin/examples/gemm_speed" >"$work/gemm_speed.txt"
+
+# llama-bench: prefill 128 and decode 64 on the default model.
+log "llama-bench"
+"$llama/llama-bench" -m "$model" -t "$threads" -p 128 -n 64 -r 3 -o json >"$work/llama-bench.json"
+
+# Kiln: the same prompt length and generation length.
+log "kiln generate"
+prompt=$(python3 -c "print(' '.join(['word%d' % i for i in range(42)]))")
+KILN_NUM_THREADS=$threads "$bin/kiln" generate "$prompt" --max-tokens 1 2>"$work/kiln-prefill.txt" >/dev/null
+KILN_NUM_THREADS=$threads "$bin/kiln" generate "The capital of France is" --max-tokens 128 --ignore-eos \
+    2>"$work/kiln-decode.txt" >/dev/null
+
+if [ -z "${SKIP_SERVE:-}" ]; then
+    wait_ready() { # URL
+        for _ in $(seq 1 600); do
+            curl -sf "$1" >/dev/null 2>&1 && return 0
+            sleep 0.1
+        done
+        return 1
+    }
+    for c in 1 16; do
+        log "llama-server, concurrency $c"
+        "$llama/llama-server" -m "$model" -t "$threads" -np 16 -c 16384 --port 18080 >"$work/llama-server.log" 2>&1 &
+        pid=$!
+        wait_ready http://127.0.0.1:18080/health
+        "$bin/kiln-bench-serve" --base-url http://127.0.0.1:18080 --num-prompts 32 --input-len 128 \
+            --output-len 64 --max-concurrency "$c" --seed "$c" --json "$work/llama-serve-$c.json" >&2
+        kill "$pid"; wait "$pid" 2>/dev/null || true
+
+        log "kiln serve, concurrency $c"
+        KILN_NUM_THREADS=$threads "$bin/kiln" serve --port 18081 >"$work/kiln-serve.log" 2>&1 &
+        pid=$!
+        wait_ready http://127.0.0.1:18081/health
+        "$bin/kiln-bench-serve" --base-url http://127.0.0.1:18081 --num-prompts 32 --input-len 128 \
+            --output-len 64 --max-concurrency "$c" --seed "$c" --json "$work/kiln-serve-$c.json" >&2
+        kill "$pid"; wait "$pid" 2>/dev/null || true
+    done
+fi
+
+load_after=$(cut -d' ' -f1-3 /proc/loadavg)
+python3 "$root/bench/compare/report.py" "$work" "$load_before" "$load_after" "$threads" >"$out"
+log "wrote $out"
+cat "$out"
