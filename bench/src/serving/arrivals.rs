@@ -7,21 +7,21 @@
 
 use std::time::Duration;
 
-/// A small seeded generator (SplitMix64): deterministic across platforms,
-/// good enough for arrival times and word choices.
+/// A small seeded generator (the HAL's SplitMix64): deterministic across
+/// platforms, good enough for arrival times and word choices.
 #[derive(Clone, Debug)]
-pub struct SplitMix64(u64);
+pub struct SplitMix64(hal::conformance::Rng);
 
 impl SplitMix64 {
     /// A generator for `seed`.
     pub fn new(seed: u64) -> Self {
-        SplitMix64(seed)
+        SplitMix64(hal::conformance::Rng::new(seed))
     }
 
     /// A generator for one of several independent streams drawn from one
     /// seed (`stream` 0, 1, 2, … give unrelated sequences).
     pub fn stream(seed: u64, stream: u64) -> Self {
-        let mut g = SplitMix64(seed ^ stream.wrapping_mul(0xD1B5_4A32_D192_ED03));
+        let mut g = Self::new(seed ^ stream.wrapping_mul(0xD1B5_4A32_D192_ED03));
         // Decorrelate nearby seeds before the first draw.
         g.next_u64();
         g
@@ -29,21 +29,17 @@ impl SplitMix64 {
 
     /// The next 64 random bits.
     pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
+        self.0.next_u64()
     }
 
     /// Uniform in `[0, 1)`, 53 random bits.
     pub fn next_f64(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+        self.0.unit()
     }
 
     /// Uniform integer in `0..n` (`n > 0`).
     pub fn below(&mut self, n: usize) -> usize {
-        (self.next_u64() % n as u64) as usize
+        self.0.below(n)
     }
 
     /// Exponentially distributed with the given `rate` (mean `1 / rate`).

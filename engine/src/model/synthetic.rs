@@ -101,22 +101,13 @@ impl SyntheticSpec {
     }
 }
 
-/// SplitMix64: a small, seedable, portable generator.
-struct Rng(u64);
+/// The HAL's seeded SplitMix64, with a uniform draw in f32.
+struct Rng(hal::conformance::Rng);
 
 impl Rng {
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
     /// Uniform in `[-a, a)`.
     fn uniform(&mut self, a: f32) -> f32 {
-        let u = (self.next_u64() >> 40) as f32 / (1u64 << 24) as f32;
-        (2.0 * u - 1.0) * a
+        self.0.uniform(-f64::from(a), f64::from(a)) as f32
     }
 }
 
@@ -212,7 +203,7 @@ pub fn build_gguf(spec: &SyntheticSpec) -> Result<Vec<u8>, GgufError> {
         "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}",
     )?;
 
-    let mut rng = Rng(s.seed);
+    let mut rng = Rng(hal::conformance::Rng::new(s.seed));
     let norm = |w: &mut GgufWriter, name: String, n: usize| -> Result<(), GgufError> {
         let data = (0..n)
             .flat_map(|i| (1.0f32 + 0.01 * (i % 7) as f32).to_le_bytes())
