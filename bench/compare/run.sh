@@ -32,17 +32,22 @@ if [ ! -x "$venv/bin/python" ]; then
 fi
 
 llama="$peers/llama.cpp/build/bin"
-if [ ! -x "$llama/llama-bench" ] || [ ! -x "$llama/llama-server" ]; then
+# ggml's AMX matmul (chosen by GGML_NATIVE on Sapphire Rapids) crashes in
+# ggml_backend_amx_mul_mat on virtual machines that do not grant AMX tile
+# state; the AVX-512 / VNNI paths are the comparison that matters here.
+flags="-DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=ON"
+if [ ! -x "$llama/llama-bench" ] || [ ! -x "$llama/llama-server" ] ||
+    [ "$(cat "$peers/llama.cpp/kiln-flags" 2>/dev/null)" != "$flags" ]; then
     log "building llama.cpp (vendored by llama-cpp-python 0.3.36) into $peers/llama.cpp"
     "$venv/bin/python" -m pip download --quiet --no-deps --no-binary llama-cpp-python \
         llama-cpp-python==0.3.36 -d "$peers/dl"
     rm -rf "$peers/src" && mkdir -p "$peers/src"
     tar xzf "$peers/dl/llama_cpp_python-0.3.36.tar.gz" -C "$peers/src"
     rm -rf "$peers/llama.cpp" && cp -r "$peers/src/llama_cpp_python-0.3.36/vendor/llama.cpp" "$peers/llama.cpp"
-    PATH="$venv/bin:$PATH" cmake -S "$peers/llama.cpp" -B "$peers/llama.cpp/build" -G Ninja \
-        -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON -DLLAMA_CURL=OFF \
-        -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=ON >&2
+    # shellcheck disable=SC2086
+    PATH="$venv/bin:$PATH" cmake -S "$peers/llama.cpp" -B "$peers/llama.cpp/build" -G Ninja $flags >&2
     PATH="$venv/bin:$PATH" cmake --build "$peers/llama.cpp/build" --target llama-bench llama-server -j "$threads" >&2
+    echo "$flags" >"$peers/llama.cpp/kiln-flags"
 fi
 
 log "building kiln (release)"
