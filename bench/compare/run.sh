@@ -32,10 +32,11 @@ if [ ! -x "$venv/bin/python" ]; then
 fi
 
 llama="$peers/llama.cpp/build/bin"
-# ggml's AMX matmul (chosen by GGML_NATIVE on Sapphire Rapids) crashes in
-# ggml_backend_amx_mul_mat on virtual machines that do not grant AMX tile
-# state; the AVX-512 / VNNI paths are the comparison that matters here.
-flags="-DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=ON"
+# Not GGML_NATIVE: on Sapphire Rapids it compiles ggml's AMX matmul, which
+# crashes (SIGSEGV in ggml_backend_amx_mul_mat, or SIGILL) on virtual
+# machines that do not grant AMX tile state. The AVX-512 / VNNI / BF16 paths
+# are listed explicitly instead; they are the comparison that matters here.
+flags="-DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=ON -DGGML_AVX512_VBMI=ON -DGGML_AVX512_VNNI=ON -DGGML_AVX512_BF16=ON -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=ON"
 if [ ! -x "$llama/llama-bench" ] || [ ! -x "$llama/llama-server" ] ||
     [ "$(cat "$peers/llama.cpp/kiln-flags" 2>/dev/null)" != "$flags" ]; then
     log "building llama.cpp (vendored by llama-cpp-python 0.3.36) into $peers/llama.cpp"
