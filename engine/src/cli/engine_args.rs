@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::anyhow;
-use hal::{DType, Registry};
+use hal::{DType, Precision, Registry};
 
 use super::{open_device, Failure};
 use crate::engine::{Engine, EngineConfig};
@@ -29,6 +29,12 @@ pub(crate) struct EngineArgs {
     /// Activation dtype: f32, f16 or bf16.
     #[arg(long, default_value = "f32", value_name = "DTYPE")]
     pub dtype: String,
+
+    /// Activations of quantised GEMMs: `auto` (int8, as llama.cpp does,
+    /// where the backend has it for the weight's format; exact elsewhere),
+    /// `exact` (as given, f32 accumulation) or `int8`.
+    #[arg(long, default_value = "auto", value_name = "MODE")]
+    pub precision: String,
 
     /// Memory for the KV cache over all layers (e.g. 1GiB, 512MiB).
     #[arg(long, default_value = "1GiB", value_name = "SIZE")]
@@ -69,6 +75,16 @@ impl EngineArgs {
             "bf16" | "bfloat16" => DType::BF16,
             other => return Err(bad(format!("--dtype {other:?}: expected f32, f16 or bf16"))),
         };
+        let (precision, precision_fallback) = match self.precision.to_ascii_lowercase().as_str() {
+            "auto" => (Precision::Int8Activations, true),
+            "exact" => (Precision::Exact, false),
+            "int8" | "int8-activations" => (Precision::Int8Activations, false),
+            other => {
+                return Err(bad(format!(
+                    "--precision {other:?}: expected auto, exact or int8"
+                )))
+            }
+        };
         let memory_bytes = parse_size(&self.kv_cache_memory)
             .map_err(|m| bad(format!("--kv-cache-memory: {m}")))?;
         let kv_dtype: CacheDtype = self
@@ -100,6 +116,8 @@ impl EngineArgs {
             },
             load: LoadOptions {
                 dtype,
+                precision,
+                precision_fallback,
                 ..LoadOptions::default()
             },
         })

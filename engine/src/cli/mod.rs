@@ -10,7 +10,9 @@
 //! * `kiln generate PROMPT…` (module `generate`): run prompts through the
 //!   engine, streamed or batched, or measure offline throughput;
 //! * `kiln serve` (module `serve`): the OpenAI-compatible server;
-//! * `kiln download` (module `download`): fetch the default model.
+//! * `kiln download` (module `download`): fetch the default model;
+//! * `kiln parity --device NAME` (module `parity`): one model on two devices,
+//!   logits compared.
 //!
 //! Exit codes: `0` success; `1` the command ran and found a problem (a
 //! conformance case failed) or hit an unexpected error; `2` the command could
@@ -23,6 +25,7 @@ mod devices;
 mod download;
 mod engine_args;
 mod generate;
+mod parity;
 mod serve;
 
 use std::any::Any;
@@ -71,6 +74,10 @@ enum Command {
     /// Fetch the default model (SmolLM2-135M-Instruct) into the cache and
     /// print its path.
     Download(download::DownloadArgs),
+    /// Run one model on two devices (`--device` against `--against`, default
+    /// cpu) and compare their logits: prefill, token-by-token decode and a
+    /// greedy batch (exit 1 beyond `--tolerance`).
+    Parity(Box<parity::ParityArgs>),
 }
 
 /// Parse the process's command line and run it against `registry`.
@@ -107,6 +114,7 @@ where
         Command::Generate(args) => generate::run(&registry, &args),
         Command::Download(args) => download::run(&args),
         Command::Serve(args) => serve::run(&registry, &args),
+        Command::Parity(args) => parity::run(&registry, &args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

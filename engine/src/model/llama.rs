@@ -35,6 +35,11 @@ pub struct LoadOptions {
     pub dtype: DType,
     /// Activation precision of quantised GEMMs.
     pub precision: Precision,
+    /// Where the device cannot run a quantised weight at `precision`, run
+    /// it at [`Precision::Exact`] instead of failing to load (the `auto`
+    /// choice of the command line: int8 activations where the backend has
+    /// them, exact elsewhere).
+    pub precision_fallback: bool,
     /// Show a progress bar on stderr while loading (when it is a terminal).
     pub progress: bool,
 }
@@ -44,6 +49,7 @@ impl Default for LoadOptions {
         LoadOptions {
             dtype: DType::F32,
             precision: Precision::Exact,
+            precision_fallback: false,
             progress: true,
         }
     }
@@ -58,6 +64,8 @@ struct Linear {
     weight: LinearWeight,
     bias: Option<Tensor>,
     n: usize,
+    /// Activation precision of a quantised weight (chosen at load).
+    precision: Precision,
 }
 
 struct Layer {
@@ -73,7 +81,8 @@ struct Layer {
 
 enum EmbeddingWeight {
     Dense(Tensor),
-    Quant(PackedWeight),
+    /// A packed table, and the precision of the tied output GEMM over it.
+    Quant(PackedWeight, Precision),
 }
 
 /// Activation buffers reused across steps, sized for `capacity` tokens.
@@ -296,20 +305,26 @@ impl Loader<'_> {
             ));
         }
         let act = self.options.dtype;
+        let mut precision = Precision::Exact;
         let weight = match &w {
             HostWeight::Dense { .. } => LinearWeight::Dense(self.dense(name, &w, act, &[n, k])?),
             HostWeight::Quant(q) => {
                 q.validate()
                     .map_err(|m| LoadError::tensor(&origin, name, m))?;
-                self.device
-                    .supports(&q.op_desc(act, act, self.options.precision))
-                    .map_err(|u| {
-                        LoadError::tensor(
-                            &origin,
-                            name,
-                            format!("device {} cannot run it: {u}", self.device.name()),
-                        )
-                    })?;
+                let wanted = self.options.precision;
+                let mut supported = self.device.supports(&q.op_desc(act, act, wanted));
+                precision = wanted;
+                if supported.is_err() && self.options.precision_fallback {
+                    supported = self.device.supports(&q.op_desc(act, act, Precision::Exact));
+                    precision = Precision::Exact;
+                }
+                supported.map_err(|u| {
+                    LoadError::tensor(
+                        &origin,
+                        name,
+                        format!("device {} cannot run it: {u}", self.device.name()),
+                    )
+                })?;
                 self.bytes += q.storage_bytes();
                 LinearWeight::Quant(self.device.pack(q)?)
             }
@@ -318,6 +333,7 @@ impl Loader<'_> {
             weight,
             bias: None,
             n,
+            precision,
         })
     }
 
@@ -433,13 +449,13 @@ impl LlamaModel {
                 options.dtype,
                 &[c.vocab_size, h],
             )?),
-            HostWeight::Quant(_) => match l
-                .linear_from(names.embed(), embed_w, c.vocab_size, h)?
-                .weight
-            {
-                LinearWeight::Quant(p) => EmbeddingWeight::Quant(p),
-                LinearWeight::Dense(t) => EmbeddingWeight::Dense(t),
-            },
+            HostWeight::Quant(_) => {
+                let lin = l.linear_from(names.embed(), embed_w, c.vocab_size, h)?;
+                match lin.weight {
+                    LinearWeight::Quant(p) => EmbeddingWeight::Quant(p, lin.precision),
+                    LinearWeight::Dense(t) => EmbeddingWeight::Dense(t),
+                }
+            }
         };
 
         let mut layers = Vec::with_capacity(c.num_layers);
@@ -607,7 +623,6 @@ impl LlamaModel {
         let device = Arc::clone(&self.device);
         let d = device.as_ref();
         let act = self.options.dtype;
-        let precision = self.options.precision;
         let eps = c.rms_norm_eps;
         let params = self.attention;
 
@@ -673,7 +688,7 @@ impl LlamaModel {
 
         let table = match &*embedding {
             EmbeddingWeight::Dense(t) => EmbeddingTable::Dense(t.view()),
-            EmbeddingWeight::Quant(p) => EmbeddingTable::Quant(p),
+            EmbeddingWeight::Quant(p, _) => EmbeddingTable::Quant(p),
         };
         d.embedding(EmbeddingArgs {
             ids: ids.view(),
@@ -699,27 +714,9 @@ impl LlamaModel {
                     out: vm(normed, &[t, h]),
                 })?;
             }
-            linear(
-                d,
-                &layer.q,
-                vw(normed, &[t, h]),
-                vm(q, &[t, nh * hd]),
-                precision,
-            )?;
-            linear(
-                d,
-                &layer.k,
-                vw(normed, &[t, h]),
-                vm(k, &[t, nkv * hd]),
-                precision,
-            )?;
-            linear(
-                d,
-                &layer.v,
-                vw(normed, &[t, h]),
-                vm(v, &[t, nkv * hd]),
-                precision,
-            )?;
+            linear(d, &layer.q, vw(normed, &[t, h]), vm(q, &[t, nh * hd]))?;
+            linear(d, &layer.k, vw(normed, &[t, h]), vm(k, &[t, nkv * hd]))?;
+            linear(d, &layer.v, vw(normed, &[t, h]), vm(v, &[t, nkv * hd]))?;
             d.rope(RopeArgs {
                 positions: positions.view(),
                 q: vm(q, &[t, nh, hd]),
@@ -740,13 +737,7 @@ impl LlamaModel {
                 params,
                 out: vm(attn, &[t, nh, hd]),
             })?;
-            linear(
-                d,
-                &layer.o,
-                vw(attn, &[t, nh * hd]),
-                vm(x, &[t, h]),
-                precision,
-            )?;
+            linear(d, &layer.o, vw(attn, &[t, nh * hd]), vm(x, &[t, h]))?;
             d.rms_norm(RmsNormArgs {
                 x: vw(x, &[t, h]),
                 residual: Some(vm(residual, &[t, h])),
@@ -759,19 +750,12 @@ impl LlamaModel {
                 &layer.gate_up,
                 vw(normed, &[t, h]),
                 vm(gate_up, &[t, 2 * inter]),
-                precision,
             )?;
             d.silu_and_mul(SiluAndMulArgs {
                 x: vw(gate_up, &[t, 2 * inter]),
                 out: vm(mlp_act, &[t, inter]),
             })?;
-            linear(
-                d,
-                &layer.down,
-                vw(mlp_act, &[t, inter]),
-                vm(x, &[t, h]),
-                precision,
-            )?;
+            linear(d, &layer.down, vw(mlp_act, &[t, inter]), vm(x, &[t, h]))?;
         }
         d.rms_norm(RmsNormArgs {
             x: vw(x, &[t, h]),
@@ -800,13 +784,13 @@ impl LlamaModel {
         // Logits come out in the activation dtype and are widened on the host.
         logits.reshape_for(d, act, &[s, c.vocab_size])?;
         match (&*lm_head, &*embedding) {
-            (Some(head), _) => linear(d, head, gathered.view(), logits.view_mut(), precision)?,
-            (None, EmbeddingWeight::Quant(p)) => d.quant_gemm(QuantGemmArgs {
+            (Some(head), _) => linear(d, head, gathered.view(), logits.view_mut())?,
+            (None, EmbeddingWeight::Quant(p, precision)) => d.quant_gemm(QuantGemmArgs {
                 x: gathered.view(),
                 w: p,
                 bias: None,
                 out: logits.view_mut(),
-                precision,
+                precision: *precision,
             })?,
             (None, EmbeddingWeight::Dense(w)) => d.gemm(GemmArgs {
                 x: gathered.view(),
@@ -856,13 +840,7 @@ fn vm<'a>(t: &'a mut Tensor, shape: &[usize]) -> ViewMut<'a> {
     }
 }
 
-fn linear(
-    d: &dyn Device,
-    l: &Linear,
-    x: View<'_>,
-    out: ViewMut<'_>,
-    precision: Precision,
-) -> Result<(), HalError> {
+fn linear(d: &dyn Device, l: &Linear, x: View<'_>, out: ViewMut<'_>) -> Result<(), HalError> {
     let bias = l.bias.as_ref().map(Tensor::view);
     match &l.weight {
         LinearWeight::Dense(w) => d.gemm(GemmArgs {
@@ -876,7 +854,7 @@ fn linear(
             w: p,
             bias,
             out,
-            precision,
+            precision: l.precision,
         }),
     }
 }

@@ -6,20 +6,23 @@
 //!
 //! | format | layout | parts |
 //! |---|---|---|
-//! | GGUF Q4_0 / Q4_1 / Q8_0 | `"gguf-blocks"` | the checkpoint's blocks, `[N, K/32]` blocks of 18 / 20 / 34 B |
+//! | GGUF Q4_0 / Q4_1 / Q8_0 | `"cpu-gguf-strips16"` | see [`gguf`]: the checkpoint's blocks regrouped by 16 output rows, `[N/16, K/32]` records of 16 × 18 / 20 / 34 B |
 //! | AWQ, GPTQ 4/8-bit | `"cpu-grouped"` | see [`grouped`]: K regrouped (act-order) and padded, 32-element blocks per row, `(scale, −zero·scale)` per row and group |
 //! | FP8 E4M3 W8A8 | `"cpu-fp8"` | e4m3 bytes `[N, K]`; f32 `[N]` weight scales × 256 |
 //!
-//! Only [`hal::Precision::Exact`] is offered: activations are used as given
-//! (FP8 fake-quantises them to E4M3 exactly as its format defines).
+//! Precision: [`hal::Precision::Exact`] for every format (activations used
+//! as given; FP8 fake-quantises them to E4M3 exactly as its format
+//! defines), and [`hal::Precision::Int8Activations`] for the GGUF formats
+//! (llama.cpp's activation quantisation and integer dot products, see
+//! [`gguf`]).
 
 mod fp8;
 mod gguf;
 mod grouped;
 
 use hal::{
-    DeviceBuffer, HalError, OpDesc, PackedWeight, QuantGemmArgs, QuantSpec, QuantWeights, Result,
-    Unsupported,
+    DeviceBuffer, HalError, OpDesc, PackedWeight, Precision, QuantGemmArgs, QuantSpec,
+    QuantWeights, Result, Unsupported,
 };
 
 use crate::memory::Access;
@@ -27,9 +30,30 @@ use crate::simd::{self, Epilogue};
 use crate::CpuBackend;
 
 /// Which descriptions this module runs: every format and dtype the
-/// capabilities list (the capability check refuses the rest).
+/// capabilities list (the capability check refuses the rest) in exact
+/// precision, and the GGUF formats with int8 activations.
 pub(crate) fn supports(op: &OpDesc) -> Result<(), Unsupported> {
     match op {
+        OpDesc::QuantGemm {
+            spec,
+            precision: Precision::Int8Activations,
+            ..
+        } => match spec {
+            QuantSpec::Gguf(_) => Ok(()),
+            QuantSpec::Fp8 { .. } => Err(Unsupported::new(
+                op.name(),
+                "FP8 W8A8 casts activations to E4M3 as its format defines; the int8-activation \
+                 mode applies to the GGUF formats (Q4_0, Q4_1, Q8_0) only: use Precision::Exact",
+            )),
+            QuantSpec::Awq { .. } | QuantSpec::Gptq { .. } => Err(Unsupported::new(
+                op.name(),
+                format!(
+                    "int8 activations are implemented for the GGUF formats (Q4_0, Q4_1, Q8_0) \
+                     only, not {}: use Precision::Exact",
+                    spec.format().name()
+                ),
+            )),
+        },
         OpDesc::QuantGemm { .. } => Ok(()),
         _ => Err(Unsupported::new(op.name(), "not a quant_gemm")),
     }
@@ -63,6 +87,21 @@ impl hal::QuantGemm for CpuBackend {
         self.check(&args.desc())?;
         let (isa, acc) = (self.isa(), self.access());
         let xb = acc.read_bytes("quant_gemm", &args.x)?;
+        let x = Activations {
+            dtype: args.x.dtype,
+            bytes: xb,
+            m,
+            k,
+        };
+        if let QuantSpec::Gguf(ty) = args.w.spec {
+            let bias = match &args.bias {
+                Some(b) => Some((b.dtype, acc.read_bytes("quant_gemm", b)?)),
+                None => None,
+            };
+            let (w, precision, out_dtype) = (args.w, args.precision, args.out.dtype);
+            let out = acc.write::<u8>("quant_gemm", args.out)?;
+            return gguf::run(self, ty, w, &x, bias, precision, out_dtype, out);
+        }
         let bias = match &args.bias {
             Some(b) => Some(simd::vec_f32(
                 isa,
@@ -72,12 +111,6 @@ impl hal::QuantGemm for CpuBackend {
             )),
             None => None,
         };
-        let x = Activations {
-            dtype: args.x.dtype,
-            bytes: xb,
-            m,
-            k,
-        };
         let w = args.w;
         let out_dtype = args.out.dtype;
         let out = acc.write::<u8>("quant_gemm", args.out)?;
@@ -86,7 +119,8 @@ impl hal::QuantGemm for CpuBackend {
             bias: bias.as_deref(),
         };
         match w.spec {
-            QuantSpec::Gguf(ty) => gguf::run(self, ty, w, &x, epi, out_dtype, out),
+            // Returned above.
+            QuantSpec::Gguf(_) => Ok(()),
             QuantSpec::Awq { .. } | QuantSpec::Gptq { .. } => {
                 grouped::run(self, w, &x, epi, out_dtype, out)
             }

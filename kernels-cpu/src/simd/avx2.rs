@@ -131,18 +131,6 @@ unsafe fn tile1<W: Block256>(w: &W, x: &[f32], n: [usize; NR]) -> [f32; NR] {
     r
 }
 
-/// An f16 stored little-endian at `p`, broadcast to 8 f32 lanes.
-///
-/// # Safety
-/// AVX2, F16C; `p` valid for 2 bytes.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-pub(crate) unsafe fn bcast_f16(p: *const u8) -> __m256 {
-    // SAFETY: `p` is valid for 2 bytes.
-    let bits = unsafe { std::ptr::read_unaligned(p as *const u16) };
-    _mm256_broadcastss_ps(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)))
-}
-
 /// Four groups of 8 bytes of `v` (bytes 0..8, 8..16 of each 128-bit value)
 /// widened to i32 lanes as f32, unsigned.
 #[inline]
@@ -187,27 +175,5 @@ pub(crate) unsafe fn bytes_u8(p: *const u8) -> [__m256; 4] {
             _mm_loadu_si128(p as *const __m128i),
             _mm_loadu_si128(p.add(16) as *const __m128i),
         )
-    }
-}
-
-/// 32 signed bytes at `p` as f32.
-///
-/// # Safety
-/// AVX2; `p` valid for 32 bytes.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-pub(crate) unsafe fn bytes_i8(p: *const u8) -> [__m256; 4] {
-    // SAFETY: `p` is valid for 32 bytes.
-    unsafe {
-        let (a, b) = (
-            _mm_loadu_si128(p as *const __m128i),
-            _mm_loadu_si128(p.add(16) as *const __m128i),
-        );
-        [
-            _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(a)),
-            _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_unpackhi_epi64(a, a))),
-            _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(b)),
-            _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_unpackhi_epi64(b, b))),
-        ]
     }
 }

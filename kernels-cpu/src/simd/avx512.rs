@@ -137,18 +137,6 @@ unsafe fn tile1<W: Block512>(w: &W, x: &[f32], n: [usize; NR]) -> [f32; NR] {
     r
 }
 
-/// An f16 stored little-endian at `p`, broadcast to 16 f32 lanes.
-///
-/// # Safety
-/// AVX-512 (see the module); `p` valid for 2 bytes.
-#[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
-pub(crate) unsafe fn bcast_f16(p: *const u8) -> __m512 {
-    // SAFETY: `p` is valid for 2 bytes.
-    let bits = unsafe { std::ptr::read_unaligned(p as *const u16) };
-    _mm512_broadcastss_ps(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)))
-}
-
 /// The 32 4-bit values of a 16-byte GGUF-style nibble block at `p` (byte
 /// `j` holds element `j` in its low nibble and `j + 16` in its high one),
 /// as f32 in 0..16.
@@ -176,21 +164,6 @@ pub(crate) unsafe fn bytes_u8(p: *const u8) -> [__m512; 2] {
     unsafe {
         let a = _mm512_cvtepu8_epi32(_mm_loadu_si128(p as *const __m128i));
         let b = _mm512_cvtepu8_epi32(_mm_loadu_si128(p.add(16) as *const __m128i));
-        [_mm512_cvtepi32_ps(a), _mm512_cvtepi32_ps(b)]
-    }
-}
-
-/// 32 signed bytes at `p` as f32.
-///
-/// # Safety
-/// AVX-512 (see the module); `p` valid for 32 bytes.
-#[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
-pub(crate) unsafe fn bytes_i8(p: *const u8) -> [__m512; 2] {
-    // SAFETY: `p` is valid for 32 bytes.
-    unsafe {
-        let a = _mm512_cvtepi8_epi32(_mm_loadu_si128(p as *const __m128i));
-        let b = _mm512_cvtepi8_epi32(_mm_loadu_si128(p.add(16) as *const __m128i));
         [_mm512_cvtepi32_ps(a), _mm512_cvtepi32_ps(b)]
     }
 }

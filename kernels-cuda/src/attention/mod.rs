@@ -1,0 +1,548 @@
+//! Paged attention over the KV cache (`kernels/paged_attention.cu`) and
+//! dense varlen flash attention (`kernels/flash_attention.cu`).
+//!
+//! Both kernels give one CTA (128 threads) a tile of query rows — query
+//! tokens of one sequence × query heads of one KV head's group, at most
+//! [`MAX_ROWS`] rows — and stream that KV head's keys and values through
+//! shared memory in tiles of 32 with an f32 online softmax, so every K/V
+//! element is read once per CTA. Paged attention splits long contexts into
+//! [`PARTITION`]-token partitions when the batch alone does not fill the GPU
+//! (vLLM v2 style): each partition writes its max, sum and unnormalised
+//! output to scratch, and a reduce kernel merges them.
+//!
+//! Grids are sized from shapes and `max_query_len` / `max_seq_len` only; the
+//! metadata stays on the device and CTAs past a sequence's end exit early.
+
+use hal::{
+    AttentionParams, Backend, DType, FlashAttentionArgs, HalError, OpDesc, PagedAttentionArgs,
+    Result, Unsupported,
+};
+
+use crate::device::{Arg, CudaDevice};
+use crate::gemm::suffix;
+use crate::sources::{FLASH_ATTENTION, PAGED_ATTENTION};
+
+/// Query rows (token × head pairs) per CTA; `PA_MAXR` / `FA_MAXR` in the
+/// kernels.
+const MAX_ROWS: usize = 16;
+
+/// Threads per CTA (`PA_THREADS`).
+const THREADS: u32 = 128;
+
+/// Keys per shared-memory tile (`PA_KT`).
+const KEY_TILE: usize = 32;
+
+/// Keys per partition of the split-context path.
+const PARTITION: usize = 512;
+
+/// Largest scratch (bytes) the split path may use; above it one CTA walks
+/// the whole context instead.
+const MAX_SPLIT_SCRATCH: usize = 256 << 20;
+
+/// Head dims the kernels are instantiated for.
+const HEAD_DIMS: [usize; 5] = [64, 80, 96, 128, 256];
+
+/// Query rows per CTA of the tensor-core flash kernel (`FM_BM`).
+const MMA_ROWS: usize = 64;
+
+/// Head dims of the tensor-core flash kernel (`flash_attention_mma_*`).
+const MMA_HEAD_DIMS: [usize; 5] = [64, 80, 96, 128, 256];
+
+/// Largest grid y / z dimension.
+const GRID_YZ: usize = 65535;
+
+/// Every kernel name of source `source` (`"paged_attention"` or
+/// `"flash_attention"`) that this module may launch.
+pub(crate) fn kernel_names(source: &str) -> Vec<String> {
+    let mut v = Vec::new();
+    match source {
+        "paged_attention" => {
+            let pairs = [
+                ("f32", "f32"),
+                ("f32", "f16"),
+                ("f32", "bf16"),
+                ("f32", "f8e4m3"),
+                ("f16", "f16"),
+                ("f16", "f8e4m3"),
+                ("bf16", "bf16"),
+                ("bf16", "f8e4m3"),
+            ];
+            for d in HEAD_DIMS {
+                for (q, c) in pairs {
+                    v.push(format!("paged_attention_{q}_{c}_hd{d}"));
+                }
+                for q in ["f32", "f16", "bf16"] {
+                    v.push(format!("paged_attention_reduce_{q}_hd{d}"));
+                }
+            }
+        }
+        "flash_attention" => {
+            for d in HEAD_DIMS {
+                for t in ["f32", "f16", "bf16"] {
+                    v.push(format!("flash_attention_{t}_hd{d}"));
+                }
+            }
+            for d in MMA_HEAD_DIMS {
+                for t in ["f16", "bf16"] {
+                    v.push(format!("flash_attention_mma_{t}_hd{d}"));
+                }
+            }
+        }
+        _ => {}
+    }
+    v
+}
+
+/// Dynamic shared memory (bytes) of the tensor-core flash kernel at head
+/// dim `d` (`FmCfg<D>::BYTES`): the 64-row Q tile and double-buffered K and
+/// V tiles of `mma_key_tile(d)` keys, rows of 16-bit elements padded by 16
+/// bytes.
+fn mma_smem_bytes(d: usize) -> usize {
+    let row = (d + 8) * 2;
+    MMA_ROWS * row + 4 * mma_key_tile(d) * row
+}
+
+/// Keys per tile of the tensor-core flash kernel (`FmCfg<D>::BN`).
+fn mma_key_tile(d: usize) -> usize {
+    if d > 128 {
+        32
+    } else {
+        64
+    }
+}
+
+/// Limits of paged attention beyond the capability lists: the (query, cache)
+/// dtype pairs that have kernels and the head dims.
+pub(crate) fn supports_paged(op: &OpDesc) -> std::result::Result<(), Unsupported> {
+    let OpDesc::PagedAttention { dtype, cache, .. } = *op else {
+        return Ok(());
+    };
+    let pair_ok = matches!(
+        (dtype, cache.dtype),
+        (
+            DType::F32,
+            DType::F32 | DType::F16 | DType::BF16 | DType::F8E4M3
+        ) | (DType::F16, DType::F16 | DType::F8E4M3)
+            | (DType::BF16, DType::BF16 | DType::F8E4M3)
+    );
+    if !pair_ok {
+        return Err(Unsupported::new(
+            "paged_attention",
+            format!(
+                "query dtype {dtype} with a {} cache is not supported (use a cache of the \
+                 query dtype or F8E4M3, or F32 queries)",
+                cache.dtype
+            ),
+        ));
+    }
+    if !HEAD_DIMS.contains(&cache.head_dim) {
+        return Err(Unsupported::new(
+            "paged_attention",
+            format!("head_dim {} not in {HEAD_DIMS:?}", cache.head_dim),
+        ));
+    }
+    if cache.block_size == 0 || cache.block_size > i32::MAX as usize {
+        return Err(Unsupported::new(
+            "paged_attention",
+            format!("block_size {} not supported", cache.block_size),
+        ));
+    }
+    Ok(())
+}
+
+/// Limits of flash attention beyond the capability lists: the head dims.
+pub(crate) fn supports_flash(op: &OpDesc) -> std::result::Result<(), Unsupported> {
+    let OpDesc::FlashAttention { head_dim, .. } = *op else {
+        return Ok(());
+    };
+    if !HEAD_DIMS.contains(&head_dim) {
+        return Err(Unsupported::new(
+            "flash_attention",
+            format!("head_dim {head_dim} not in {HEAD_DIMS:?}"),
+        ));
+    }
+    Ok(())
+}
+
+/// Dynamic shared memory (bytes) of one CTA: `PaSmem<CT, D, MAXR>::BYTES`
+/// for a cache element of `elem` bytes and head dim `d`.
+fn smem_bytes(elem: usize, d: usize) -> usize {
+    let row = d * elem;
+    let krow = if (row / 16).is_multiple_of(2) {
+        row + 16
+    } else {
+        row
+    };
+    MAX_ROWS * d * 4 // queries, f32
+        + 2 * KEY_TILE * krow // K tiles, double buffered
+        + 2 * KEY_TILE * row // V tiles, double buffered
+        + MAX_ROWS * KEY_TILE * 4 // probabilities
+        + 7 * MAX_ROWS * 4 // per-row statistics and ranges
+}
+
+/// `(tokens, heads)` per CTA and head tiles per KV head for a group of
+/// `group` query heads and queries of up to `max_q` tokens.
+fn row_tiling(group: usize, max_q: usize) -> (usize, usize, usize) {
+    let hpc = group.clamp(1, MAX_ROWS);
+    let head_tiles = group.div_ceil(hpc);
+    let tpt = (MAX_ROWS / hpc).clamp(1, max_q.max(1));
+    (tpt, hpc, head_tiles)
+}
+
+/// Kernel parameters from [`AttentionParams`]: `(softcap, window)`, with
+/// 0.0 for no soft-cap and −1 for no window.
+fn mask_params(dev: &CudaDevice, op: &'static str, p: &AttentionParams) -> Result<(f32, i32)> {
+    let softcap = match p.softcap {
+        None => 0.0,
+        Some(c) if c.is_finite() && c > 0.0 => c,
+        Some(c) => {
+            return Err(HalError::invalid(
+                dev.name(),
+                op,
+                format!("softcap must be positive and finite, got {c}"),
+            ))
+        }
+    };
+    let window = match p.sliding_window {
+        None => -1,
+        Some(w) => i32::try_from(w).unwrap_or(i32::MAX),
+    };
+    Ok((softcap, window))
+}
+
+/// A grid dimension as `u32`, or an error when it exceeds `limit`.
+fn grid_dim(dev: &CudaDevice, op: &'static str, what: &str, n: usize, limit: u32) -> Result<u32> {
+    match u32::try_from(n) {
+        Ok(v) if v <= limit => Ok(v),
+        _ => Err(dev.refuse(Unsupported::new(
+            op,
+            format!("{what} {n} exceeds the grid limit {limit}"),
+        ))),
+    }
+}
+
+/// An `i32` kernel argument, or an error when `n` does not fit.
+fn as_i32(dev: &CudaDevice, op: &'static str, what: &str, n: usize) -> Result<i32> {
+    i32::try_from(n).map_err(|_| {
+        dev.refuse(Unsupported::new(
+            op,
+            format!("{what} {n} exceeds the kernel's 32-bit range"),
+        ))
+    })
+}
+
+/// Run [`PagedAttentionArgs`].
+///
+/// Grid `(batch · qtiles, num_kv_heads · head_tiles, partitions)`, 128
+/// threads. Per CTA: K and V of its KV head over its partition (each byte
+/// once), `2 · rows · keys · head_dim` FLOPs each for `Q·Kᵀ` and `P·V`. A
+/// decode step therefore reads `Σ_b L_b · num_kv_heads · head_dim · 2 ·
+/// sizeof(cache)` bytes of KV once per head tile.
+pub(crate) fn paged_attention(dev: &CudaDevice, args: PagedAttentionArgs<'_>) -> Result<()> {
+    let op = "paged_attention";
+    let (t, h, b) = args.validate(dev.name())?;
+    dev.supports(&args.desc()).map_err(|u| dev.refuse(u))?;
+    if t == 0 || b == 0 {
+        return Ok(());
+    }
+    let s = args.cache.spec;
+    let d = s.head_dim;
+    let hkv = s.num_kv_heads;
+    let group = h / hkv;
+    let fp8 = s.dtype == DType::F8E4M3;
+    let (k_scale, v_scale) = if fp8 {
+        (args.cache.k_scale, args.cache.v_scale)
+    } else {
+        (1.0, 1.0)
+    };
+    let (softcap, window) = mask_params(dev, op, &args.params)?;
+    let meta = &args.meta;
+    let max_q = meta.max_query_len;
+    if max_q == 0 || meta.max_seq_len == 0 {
+        return Ok(());
+    }
+    let bt_stride = meta.block_tables.layout.shape()[1];
+
+    let (tpt, hpc, head_tiles) = row_tiling(group, max_q);
+    let qtiles = max_q.div_ceil(tpt);
+    let gx = grid_dim(dev, op, "batch × query tiles", b * qtiles, i32::MAX as u32)?;
+    let gy = grid_dim(dev, op, "KV heads × head tiles", hkv * head_tiles, 65535)?;
+
+    // Split the context when the batch alone leaves SMs idle.
+    let full_parts = meta.max_seq_len.div_ceil(PARTITION);
+    let ctas = b * qtiles * hkv * head_tiles;
+    let split_bytes = t * h * full_parts * (d + 2) * 4;
+    let split = full_parts > 1
+        && ctas < 4 * dev.num_sms() as usize
+        && split_bytes <= MAX_SPLIT_SCRATCH
+        && full_parts <= 65535;
+    let (parts, part_size) = if split {
+        (full_parts, PARTITION)
+    } else {
+        (1, i32::MAX as usize)
+    };
+
+    let smem = smem_bytes(s.dtype.bytes_for(1), d);
+    let qn = suffix(args.q.dtype);
+    let f = dev.function(
+        &PAGED_ATTENTION,
+        &format!("paged_attention_{qn}_{}_hd{d}", suffix(s.dtype)),
+    )?;
+    if smem > 48 << 10 {
+        dev.set_max_dynamic_shared(op, &f, smem as u32)?;
+    }
+
+    let q = dev.ptr(op, &args.q)?;
+    let out = dev.ptr_mut(op, &args.out)?;
+    let qsl = dev.ptr(op, &meta.query_start_loc)?;
+    let lens = dev.ptr(op, &meta.seq_lens)?;
+    let tables = dev.ptr(op, &meta.block_tables)?;
+    let scratch = if split {
+        Some(dev.scratch(op, split_bytes)?)
+    } else {
+        None
+    };
+    let (tmp_o, tmp_ml) = match &scratch {
+        Some(sc) => (sc.ptr(), sc.ptr() + (t * h * parts * d * 4) as u64),
+        None => (0, 0),
+    };
+    dev.launch(
+        op,
+        &f,
+        (gx, gy, parts as u32),
+        (THREADS, 1, 1),
+        smem as u32,
+        &[
+            Arg::Ptr(q),
+            Arg::Ptr(out),
+            Arg::Ptr(dev.buffer_ptr(op, &args.cache.key)?),
+            Arg::Ptr(dev.buffer_ptr(op, &args.cache.value)?),
+            Arg::Ptr(qsl),
+            Arg::Ptr(lens),
+            Arg::Ptr(tables),
+            Arg::I32(as_i32(dev, op, "block table stride", bt_stride)?),
+            Arg::I32(as_i32(dev, op, "num_heads", h)?),
+            Arg::I32(as_i32(dev, op, "num_kv_heads", hkv)?),
+            Arg::I32(as_i32(dev, op, "block_size", s.block_size)?),
+            Arg::I32(tpt as i32),
+            Arg::I32(hpc as i32),
+            Arg::I32(head_tiles as i32),
+            Arg::I32(qtiles as i32),
+            Arg::I32(part_size as i32),
+            Arg::I32(parts as i32),
+            Arg::F32(args.params.scale * k_scale),
+            Arg::F32(v_scale),
+            Arg::F32(softcap),
+            Arg::I32(window),
+            Arg::Ptr(tmp_o),
+            Arg::Ptr(tmp_ml),
+        ],
+    )?;
+    if split {
+        let r = dev.function(
+            &PAGED_ATTENTION,
+            &format!("paged_attention_reduce_{qn}_hd{d}"),
+        )?;
+        dev.launch(
+            op,
+            &r,
+            (
+                grid_dim(dev, op, "num_tokens", t, i32::MAX as u32)?,
+                grid_dim(dev, op, "num_heads", h, 65535)?,
+                1,
+            ),
+            (THREADS, 1, 1),
+            0,
+            &[
+                Arg::Ptr(out),
+                Arg::Ptr(tmp_o),
+                Arg::Ptr(tmp_ml),
+                Arg::Ptr(qsl),
+                Arg::Ptr(lens),
+                Arg::I32(as_i32(dev, op, "batch", b)?),
+                Arg::I32(h as i32),
+                Arg::I32(PARTITION as i32),
+                Arg::I32(parts as i32),
+            ],
+        )?;
+    }
+    // The scratch is freed in stream order, after the kernels that use it.
+    drop(scratch);
+    Ok(())
+}
+
+/// Run [`FlashAttentionArgs`].
+///
+/// F16 / BF16 with 16-byte aligned tensors run the tensor-core kernel
+/// ([`flash_attention_mma`]); everything else the f32 SIMT kernel: grid
+/// `(batch · qtiles, num_kv_heads · head_tiles)`, 128 threads. Per CTA: the
+/// K and V rows its query tile sees (each byte once), `4 · rows · keys ·
+/// head_dim` FLOPs.
+pub(crate) fn flash_attention(dev: &CudaDevice, args: FlashAttentionArgs<'_>) -> Result<()> {
+    let op = "flash_attention";
+    let (tq, _tk, b) = args.validate(dev.name())?;
+    dev.supports(&args.desc()).map_err(|u| dev.refuse(u))?;
+    if tq == 0 || b == 0 || args.max_seqlen_q == 0 {
+        return Ok(());
+    }
+    let qs = args.q.layout.shape();
+    let (h, d) = (qs[1], qs[2]);
+    let hkv = args.k.layout.shape()[1];
+    let group = h / hkv;
+    let (softcap, window) = mask_params(dev, op, &args.params)?;
+
+    let k = dev.ptr(op, &args.k)?;
+    let v = dev.ptr(op, &args.v)?;
+    if k % 16 != 0 || v % 16 != 0 {
+        return Err(HalError::invalid(
+            dev.name(),
+            op,
+            "k and v must start 16-byte aligned",
+        ));
+    }
+    let q = dev.ptr(op, &args.q)?;
+    let mma = matches!(args.q.dtype, DType::F16 | DType::BF16)
+        && MMA_HEAD_DIMS.contains(&d)
+        && q % 16 == 0
+        && h <= GRID_YZ
+        && b <= GRID_YZ;
+    if mma {
+        return flash_attention_mma(dev, &args, q, k, v, (h, hkv, d, b), softcap, window);
+    }
+
+    let (tpt, hpc, head_tiles) = row_tiling(group, args.max_seqlen_q);
+    let qtiles = args.max_seqlen_q.div_ceil(tpt);
+    let gx = grid_dim(dev, op, "batch × query tiles", b * qtiles, i32::MAX as u32)?;
+    let gy = grid_dim(dev, op, "KV heads × head tiles", hkv * head_tiles, 65535)?;
+    let smem = smem_bytes(args.q.dtype.bytes_for(1), d);
+    let f = dev.function(
+        &FLASH_ATTENTION,
+        &format!("flash_attention_{}_hd{d}", suffix(args.q.dtype)),
+    )?;
+    if smem > 48 << 10 {
+        dev.set_max_dynamic_shared(op, &f, smem as u32)?;
+    }
+    dev.launch(
+        op,
+        &f,
+        (gx, gy, 1),
+        (THREADS, 1, 1),
+        smem as u32,
+        &[
+            Arg::Ptr(q),
+            Arg::Ptr(k),
+            Arg::Ptr(v),
+            Arg::Ptr(dev.ptr_mut(op, &args.out)?),
+            Arg::Ptr(dev.ptr(op, &args.cu_seqlens_q)?),
+            Arg::Ptr(dev.ptr(op, &args.cu_seqlens_k)?),
+            Arg::I32(as_i32(dev, op, "num_heads", h)?),
+            Arg::I32(as_i32(dev, op, "num_kv_heads", hkv)?),
+            Arg::I32(tpt as i32),
+            Arg::I32(hpc as i32),
+            Arg::I32(head_tiles as i32),
+            Arg::I32(qtiles as i32),
+            Arg::I32(i32::from(args.causal)),
+            Arg::F32(args.params.scale),
+            Arg::F32(softcap),
+            Arg::I32(window),
+        ],
+    )
+}
+
+/// The tensor-core path of [`flash_attention`] (f16 / bf16; `q`, `k`, `v`
+/// 16-byte aligned). `shape` is `(num_heads, num_kv_heads, head_dim,
+/// batch)`.
+///
+/// Grid `(⌈max_seqlen_q / 64⌉, num_heads, batch)`, 128 threads: a CTA owns
+/// 64 query rows of one (sequence, head) and streams the keys and values
+/// they see in tiles of 64 (32 at head dim 256); `4 · 64 · keys ·
+/// head_dim` FLOPs per CTA on the tensor cores.
+#[allow(clippy::too_many_arguments)]
+fn flash_attention_mma(
+    dev: &CudaDevice,
+    args: &FlashAttentionArgs<'_>,
+    q: u64,
+    k: u64,
+    v: u64,
+    shape: (usize, usize, usize, usize),
+    softcap: f32,
+    window: i32,
+) -> Result<()> {
+    let op = "flash_attention";
+    let (h, hkv, d, b) = shape;
+    let qtiles = args.max_seqlen_q.div_ceil(MMA_ROWS);
+    let gx = grid_dim(dev, op, "query tiles", qtiles, i32::MAX as u32)?;
+    let gy = grid_dim(dev, op, "num_heads", h, GRID_YZ as u32)?;
+    let gz = grid_dim(dev, op, "batch", b, GRID_YZ as u32)?;
+    let smem = mma_smem_bytes(d);
+    let f = dev.function(
+        &FLASH_ATTENTION,
+        &format!("flash_attention_mma_{}_hd{d}", suffix(args.q.dtype)),
+    )?;
+    if smem > 48 << 10 {
+        dev.set_max_dynamic_shared(op, &f, smem as u32)?;
+    }
+    dev.launch(
+        op,
+        &f,
+        (gx, gy, gz),
+        (THREADS, 1, 1),
+        smem as u32,
+        &[
+            Arg::Ptr(q),
+            Arg::Ptr(k),
+            Arg::Ptr(v),
+            Arg::Ptr(dev.ptr_mut(op, &args.out)?),
+            Arg::Ptr(dev.ptr(op, &args.cu_seqlens_q)?),
+            Arg::Ptr(dev.ptr(op, &args.cu_seqlens_k)?),
+            Arg::I32(as_i32(dev, op, "num_heads", h)?),
+            Arg::I32(as_i32(dev, op, "num_kv_heads", hkv)?),
+            Arg::I32(i32::from(args.causal)),
+            Arg::F32(args.params.scale),
+            Arg::F32(softcap),
+            Arg::I32(window),
+        ],
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shared_memory_fits_the_largest_tile() {
+        // f32 at head dim 256 is the largest; H100 allows 227 KiB per block.
+        assert!(smem_bytes(4, 256) <= 227 << 10);
+        assert!(smem_bytes(2, 128) <= 48 << 10);
+        for d in MMA_HEAD_DIMS {
+            assert!(mma_smem_bytes(d) <= 227 << 10);
+        }
+        // Two CTAs per SM at head dim 128, four at 64 (228 KiB per SM).
+        assert_eq!(mma_smem_bytes(128), 87040);
+        assert_eq!(mma_smem_bytes(64), 46080);
+        assert!(mma_smem_bytes(64) <= 48 << 10);
+    }
+
+    #[test]
+    fn kernel_names_cover_both_sources() {
+        let paged = kernel_names("paged_attention");
+        let flash = kernel_names("flash_attention");
+        assert!(paged.contains(&"paged_attention_bf16_f8e4m3_hd128".to_string()));
+        assert!(paged.contains(&"paged_attention_reduce_f16_hd64".to_string()));
+        assert!(flash.contains(&"flash_attention_f32_hd80".to_string()));
+        assert!(flash.contains(&"flash_attention_mma_bf16_hd256".to_string()));
+        assert!(kernel_names("gemm").is_empty());
+    }
+
+    #[test]
+    fn row_tiles_cover_the_group() {
+        for group in [1, 3, 4, 8, 16, 24, 32] {
+            for max_q in [1, 2, 7, 100] {
+                let (tpt, hpc, tiles) = row_tiling(group, max_q);
+                assert!(tpt * hpc <= MAX_ROWS);
+                assert!(hpc * tiles >= group);
+                assert!(tpt <= max_q.max(1));
+            }
+        }
+    }
+}

@@ -1,0 +1,221 @@
+//! NVRTC compilation of the kernel sources, with an on-disk PTX cache.
+//!
+//! A source is compiled once per (source text, target architecture, NVRTC
+//! version, options): the PTX lands in `$KILN_CUDA_CACHE`, else
+//! `$XDG_CACHE_HOME/kiln/cuda`, else `~/.cache/kiln/cuda`, under a name made
+//! from the SHA-256 of all of those, so a changed kernel or a new NVRTC never
+//! loads stale code. A cache that cannot be written is skipped silently: it
+//! only saves start-up time.
+
+use std::ffi::CString;
+use std::path::PathBuf;
+
+use sha2::{Digest, Sha256};
+
+use crate::sources::{KernelSource, PRELUDE};
+
+/// Options every source is compiled with (besides the architecture).
+const OPTIONS: &[&str] = &["--std=c++17", "-default-device"];
+
+/// Why a compilation failed.
+#[derive(Debug)]
+pub(crate) enum CompileError {
+    /// `libnvrtc` could not be loaded.
+    NoNvrtc,
+    /// NVRTC rejected the source; the log says why.
+    Rejected {
+        /// Source name.
+        source: &'static str,
+        /// Target, e.g. `compute_90a`.
+        arch: String,
+        /// NVRTC's log.
+        log: String,
+    },
+    /// An NVRTC call failed outright.
+    Nvrtc(String),
+}
+
+impl std::fmt::Display for CompileError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CompileError::NoNvrtc => write!(f, "{}", no_nvrtc_message()),
+            CompileError::Rejected { source, arch, log } => {
+                write!(f, "NVRTC could not compile {source}.cu for {arch}:\n{log}")
+            }
+            CompileError::Nvrtc(m) => write!(f, "NVRTC failed: {m}"),
+        }
+    }
+}
+
+/// What to tell a user whose machine has no NVRTC.
+pub(crate) fn no_nvrtc_message() -> String {
+    "NVRTC (libnvrtc.so.13) not found: install the CUDA 13 toolkit or \
+     `pip install nvidia-cuda-nvrtc==13.0.88` and put its lib directory on LD_LIBRARY_PATH"
+        .to_string()
+}
+
+/// Whether `libnvrtc` can be loaded (loading it otherwise panics inside cudarc).
+pub(crate) fn nvrtc_present() -> bool {
+    // SAFETY: only tries to dlopen the library by its usual names.
+    unsafe { cudarc::nvrtc::sys::is_culib_present() }
+}
+
+/// NVRTC's version, `(major, minor)`.
+pub(crate) fn nvrtc_version() -> Result<(i32, i32), CompileError> {
+    if !nvrtc_present() {
+        return Err(CompileError::NoNvrtc);
+    }
+    let (mut major, mut minor) = (0, 0);
+    // SAFETY: the library is present; both pointers are valid for writes.
+    let status = unsafe { cudarc::nvrtc::sys::nvrtcVersion(&mut major, &mut minor) };
+    status
+        .result()
+        .map_err(|e| CompileError::Nvrtc(format!("{e:?}")))?;
+    Ok((major, minor))
+}
+
+/// The virtual architecture NVRTC targets for compute capability
+/// `major.minor`: `compute_90a` on Hopper (for its arch-specific
+/// instructions), `compute_XY` elsewhere.
+pub(crate) fn arch_for(major: u32, minor: u32) -> String {
+    if (major, minor) == (9, 0) {
+        "compute_90a".to_string()
+    } else {
+        format!("compute_{major}{minor}")
+    }
+}
+
+/// The full text NVRTC sees for `src`.
+fn full_source(src: &KernelSource) -> String {
+    format!(
+        "{PRELUDE}\n#line 1 \"{name}.cu\"\n{code}",
+        name = src.name,
+        code = src.code
+    )
+}
+
+/// Compile `src` for `arch` (e.g. `compute_90a`) to PTX, without the cache.
+pub(crate) fn compile_ptx(src: &KernelSource, arch: &str) -> Result<String, CompileError> {
+    use cudarc::nvrtc::result;
+    if !nvrtc_present() {
+        return Err(CompileError::NoNvrtc);
+    }
+    let text = CString::new(full_source(src))
+        .map_err(|_| CompileError::Nvrtc(format!("{}.cu contains a NUL byte", src.name)))?;
+    let name = CString::new(format!("{}.cu", src.name))
+        .map_err(|_| CompileError::Nvrtc("bad source name".into()))?;
+    let prog = result::create_program(&text, Some(&name))
+        .map_err(|e| CompileError::Nvrtc(format!("{e:?}")))?;
+    let mut opts: Vec<String> = vec![format!("--gpu-architecture={arch}")];
+    opts.extend(OPTIONS.iter().map(|s| s.to_string()));
+    // SAFETY: `prog` is a live program; the options are valid C strings.
+    let compiled = unsafe { result::compile_program(prog, &opts) };
+    // SAFETY: as above.
+    let log = unsafe { result::get_program_log(prog) }
+        .map(|l| c_chars_to_string(&l))
+        .unwrap_or_default();
+    let out = match compiled {
+        Ok(()) => {
+            // SAFETY: compilation succeeded, so the PTX exists.
+            unsafe { result::get_ptx(prog) }
+                .map(|p| c_chars_to_string(&p))
+                .map_err(|e| CompileError::Nvrtc(format!("{e:?}")))
+        }
+        Err(_) => Err(CompileError::Rejected {
+            source: src.name,
+            arch: arch.to_string(),
+            log,
+        }),
+    };
+    // SAFETY: destroyed once, after its last use.
+    let _ = unsafe { result::destroy_program(prog) };
+    out
+}
+
+fn c_chars_to_string(chars: &[std::ffi::c_char]) -> String {
+    let bytes: Vec<u8> = chars
+        .iter()
+        .take_while(|&&c| c != 0)
+        .map(|&c| c as u8)
+        .collect();
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
+/// The cache directory, if one can be named.
+fn cache_dir() -> Option<PathBuf> {
+    if let Some(d) = std::env::var_os("KILN_CUDA_CACHE").filter(|d| !d.is_empty()) {
+        return Some(PathBuf::from(d));
+    }
+    if let Some(d) = std::env::var_os("XDG_CACHE_HOME").filter(|d| !d.is_empty()) {
+        return Some(PathBuf::from(d).join("kiln").join("cuda"));
+    }
+    std::env::var_os("HOME")
+        .filter(|d| !d.is_empty())
+        .map(|h| PathBuf::from(h).join(".cache").join("kiln").join("cuda"))
+}
+
+/// The cache key of `src` compiled for `arch` by NVRTC `version`.
+fn cache_key(src: &KernelSource, arch: &str, version: (i32, i32)) -> String {
+    let mut h = Sha256::new();
+    h.update(full_source(src).as_bytes());
+    h.update(arch.as_bytes());
+    h.update(format!("nvrtc {}.{}", version.0, version.1).as_bytes());
+    for o in OPTIONS {
+        h.update(o.as_bytes());
+    }
+    let digest = h.finalize();
+    let hex: String = digest[..12].iter().map(|b| format!("{b:02x}")).collect();
+    format!("{}-{arch}-{hex}.ptx", src.name)
+}
+
+/// PTX for `src` on `arch`: from the disk cache when present, else compiled
+/// and stored there.
+pub(crate) fn cached_ptx(src: &KernelSource, arch: &str) -> Result<String, CompileError> {
+    let version = nvrtc_version()?;
+    let path = cache_dir().map(|d| d.join(cache_key(src, arch, version)));
+    if let Some(p) = &path {
+        if let Ok(ptx) = std::fs::read_to_string(p) {
+            if ptx.contains(".entry") || ptx.contains(".version") {
+                return Ok(ptx);
+            }
+        }
+    }
+    let ptx = compile_ptx(src, arch)?;
+    if let Some(p) = &path {
+        store(p, &ptx);
+    }
+    Ok(ptx)
+}
+
+/// Write `ptx` to `path` atomically (temporary file + rename); errors ignored.
+fn store(path: &std::path::Path, ptx: &str) {
+    let Some(dir) = path.parent() else { return };
+    if std::fs::create_dir_all(dir).is_err() {
+        return;
+    }
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    if std::fs::write(&tmp, ptx).is_ok() && std::fs::rename(&tmp, path).is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn arch_names() {
+        assert_eq!(arch_for(9, 0), "compute_90a");
+        assert_eq!(arch_for(8, 0), "compute_80");
+        assert_eq!(arch_for(8, 9), "compute_89");
+    }
+
+    #[test]
+    fn cache_key_depends_on_arch_and_version() {
+        let s = &crate::sources::ELEMENTWISE;
+        let a = cache_key(s, "compute_80", (13, 0));
+        assert_ne!(a, cache_key(s, "compute_90a", (13, 0)));
+        assert_ne!(a, cache_key(s, "compute_80", (13, 1)));
+        assert!(a.starts_with("elementwise-compute_80-"));
+    }
+}
