@@ -239,6 +239,13 @@ pub trait StepCapture: Backend {
         let _ = key;
         Err(self.not_implemented("replay_step"))
     }
+
+    /// Forget every recorded step: the engine calls this when a buffer a
+    /// recording may refer to was reallocated (or its contents moved), so
+    /// no later replay reads memory that is gone. A no-op by default.
+    fn invalidate_steps(&self) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// An opened device: a [`Backend`] with every op trait (each op possibly

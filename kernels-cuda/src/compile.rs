@@ -1,11 +1,14 @@
-//! NVRTC compilation of the kernel sources, with an on-disk PTX cache.
+//! NVRTC compilation of the kernel sources, with an on-disk cache.
 //!
-//! A source is compiled once per (source text, target architecture, NVRTC
-//! version, options): the PTX lands in `$KILN_CUDA_CACHE`, else
-//! `$XDG_CACHE_HOME/kiln/cuda`, else `~/.cache/kiln/cuda`, under a name made
-//! from the SHA-256 of all of those, so a changed kernel or a new NVRTC never
-//! loads stale code. A cache that cannot be written is skipped silently: it
-//! only saves start-up time.
+//! A source is compiled for a real architecture (`sm_90a`: NVRTC runs
+//! ptxas and returns a CUBIN, which loads with no driver JIT) or a virtual
+//! one (`compute_90a`: PTX, JIT-compiled by the driver at load; the fallback
+//! for a GPU newer than NVRTC, and what the compile checks use). Each result
+//! is cached once per (source text, target, NVRTC version, options) in
+//! `$KILN_CUDA_CACHE`, else `$XDG_CACHE_HOME/kiln/cuda`, else
+//! `~/.cache/kiln/cuda`, under a name made from the SHA-256 of all of those,
+//! so a changed kernel or a new NVRTC never loads stale code. A cache that
+//! cannot be written is skipped silently: it only saves start-up time.
 
 use std::ffi::CString;
 use std::path::PathBuf;
@@ -85,6 +88,84 @@ pub(crate) fn arch_for(major: u32, minor: u32) -> String {
     }
 }
 
+/// The real architecture of the same GPU (`sm_90a`, `sm_XY`): NVRTC
+/// returns a CUBIN for it.
+pub(crate) fn sm_for(major: u32, minor: u32) -> String {
+    arch_for(major, minor).replacen("compute_", "sm_", 1)
+}
+
+/// Compile `src` for `target`: a CUBIN for `sm_*`, PTX (NUL-terminated,
+/// as `cuModuleLoadData` wants it) for `compute_*`. Not cached.
+pub(crate) fn compile_image(src: &KernelSource, target: &str) -> Result<Vec<u8>, CompileError> {
+    if target.starts_with("sm_") {
+        compile_cubin(src, target)
+    } else {
+        let mut ptx = compile_ptx(src, target)?.into_bytes();
+        ptx.push(0);
+        Ok(ptx)
+    }
+}
+
+fn compile_cubin(src: &KernelSource, target: &str) -> Result<Vec<u8>, CompileError> {
+    use cudarc::nvrtc::{result, sys};
+    let prog = create(src)?;
+    let log = compile(prog, src, target);
+    let out = log.and_then(|()| {
+        let mut size = 0usize;
+        // SAFETY: compilation succeeded; `size` is valid for writes.
+        unsafe { sys::nvrtcGetCUBINSize(prog, &mut size) }
+            .result()
+            .map_err(|e| CompileError::Nvrtc(format!("{e:?}")))?;
+        let mut cubin = vec![0u8; size];
+        // SAFETY: `cubin` holds the `size` bytes NVRTC reported.
+        unsafe { sys::nvrtcGetCUBIN(prog, cubin.as_mut_ptr() as *mut std::ffi::c_char) }
+            .result()
+            .map_err(|e| CompileError::Nvrtc(format!("{e:?}")))?;
+        Ok(cubin)
+    });
+    // SAFETY: destroyed once, after its last use.
+    let _ = unsafe { result::destroy_program(prog) };
+    out
+}
+
+/// A new NVRTC program for `src`.
+fn create(src: &KernelSource) -> Result<cudarc::nvrtc::sys::nvrtcProgram, CompileError> {
+    if !nvrtc_present() {
+        return Err(CompileError::NoNvrtc);
+    }
+    let text = CString::new(full_source(src))
+        .map_err(|_| CompileError::Nvrtc(format!("{}.cu contains a NUL byte", src.name)))?;
+    let name = CString::new(format!("{}.cu", src.name))
+        .map_err(|_| CompileError::Nvrtc("bad source name".into()))?;
+    cudarc::nvrtc::result::create_program(&text, Some(&name))
+        .map_err(|e| CompileError::Nvrtc(format!("{e:?}")))
+}
+
+/// Compile `prog` for `target`; the log is the error on failure.
+fn compile(
+    prog: cudarc::nvrtc::sys::nvrtcProgram,
+    src: &KernelSource,
+    target: &str,
+) -> Result<(), CompileError> {
+    use cudarc::nvrtc::result;
+    let mut opts: Vec<String> = vec![format!("--gpu-architecture={target}")];
+    opts.extend(OPTIONS.iter().map(|s| s.to_string()));
+    // SAFETY: `prog` is a live program; the options are valid C strings.
+    let compiled = unsafe { result::compile_program(prog, &opts) };
+    if compiled.is_ok() {
+        return Ok(());
+    }
+    // SAFETY: as above.
+    let log = unsafe { result::get_program_log(prog) }
+        .map(|l| c_chars_to_string(&l))
+        .unwrap_or_default();
+    Err(CompileError::Rejected {
+        source: src.name,
+        arch: target.to_string(),
+        log,
+    })
+}
+
 /// The full text NVRTC sees for `src`.
 fn full_source(src: &KernelSource) -> String {
     format!(
@@ -97,36 +178,13 @@ fn full_source(src: &KernelSource) -> String {
 /// Compile `src` for `arch` (e.g. `compute_90a`) to PTX, without the cache.
 pub(crate) fn compile_ptx(src: &KernelSource, arch: &str) -> Result<String, CompileError> {
     use cudarc::nvrtc::result;
-    if !nvrtc_present() {
-        return Err(CompileError::NoNvrtc);
-    }
-    let text = CString::new(full_source(src))
-        .map_err(|_| CompileError::Nvrtc(format!("{}.cu contains a NUL byte", src.name)))?;
-    let name = CString::new(format!("{}.cu", src.name))
-        .map_err(|_| CompileError::Nvrtc("bad source name".into()))?;
-    let prog = result::create_program(&text, Some(&name))
-        .map_err(|e| CompileError::Nvrtc(format!("{e:?}")))?;
-    let mut opts: Vec<String> = vec![format!("--gpu-architecture={arch}")];
-    opts.extend(OPTIONS.iter().map(|s| s.to_string()));
-    // SAFETY: `prog` is a live program; the options are valid C strings.
-    let compiled = unsafe { result::compile_program(prog, &opts) };
-    // SAFETY: as above.
-    let log = unsafe { result::get_program_log(prog) }
-        .map(|l| c_chars_to_string(&l))
-        .unwrap_or_default();
-    let out = match compiled {
-        Ok(()) => {
-            // SAFETY: compilation succeeded, so the PTX exists.
-            unsafe { result::get_ptx(prog) }
-                .map(|p| c_chars_to_string(&p))
-                .map_err(|e| CompileError::Nvrtc(format!("{e:?}")))
-        }
-        Err(_) => Err(CompileError::Rejected {
-            source: src.name,
-            arch: arch.to_string(),
-            log,
-        }),
-    };
+    let prog = create(src)?;
+    let out = compile(prog, src, arch).and_then(|()| {
+        // SAFETY: compilation succeeded, so the PTX exists.
+        unsafe { result::get_ptx(prog) }
+            .map(|p| c_chars_to_string(&p))
+            .map_err(|e| CompileError::Nvrtc(format!("{e:?}")))
+    });
     // SAFETY: destroyed once, after its last use.
     let _ = unsafe { result::destroy_program(prog) };
     out
@@ -165,36 +223,41 @@ fn cache_key(src: &KernelSource, arch: &str, version: (i32, i32)) -> String {
     }
     let digest = h.finalize();
     let hex: String = digest[..12].iter().map(|b| format!("{b:02x}")).collect();
-    format!("{}-{arch}-{hex}.ptx", src.name)
+    let ext = if arch.starts_with("sm_") {
+        "cubin"
+    } else {
+        "ptx"
+    };
+    format!("{}-{arch}-{hex}.{ext}", src.name)
 }
 
-/// PTX for `src` on `arch`: from the disk cache when present, else compiled
-/// and stored there.
-pub(crate) fn cached_ptx(src: &KernelSource, arch: &str) -> Result<String, CompileError> {
+/// The module image of `src` for `target` (see [`compile_image`]): from
+/// the disk cache when present, else compiled and stored there.
+pub(crate) fn cached_image(src: &KernelSource, target: &str) -> Result<Vec<u8>, CompileError> {
     let version = nvrtc_version()?;
-    let path = cache_dir().map(|d| d.join(cache_key(src, arch, version)));
+    let path = cache_dir().map(|d| d.join(cache_key(src, target, version)));
     if let Some(p) = &path {
-        if let Ok(ptx) = std::fs::read_to_string(p) {
-            if ptx.contains(".entry") || ptx.contains(".version") {
-                return Ok(ptx);
+        if let Ok(image) = std::fs::read(p) {
+            if !image.is_empty() {
+                return Ok(image);
             }
         }
     }
-    let ptx = compile_ptx(src, arch)?;
+    let image = compile_image(src, target)?;
     if let Some(p) = &path {
-        store(p, &ptx);
+        store(p, &image);
     }
-    Ok(ptx)
+    Ok(image)
 }
 
-/// Write `ptx` to `path` atomically (temporary file + rename); errors ignored.
-fn store(path: &std::path::Path, ptx: &str) {
+/// Write `image` to `path` atomically (temporary file + rename); errors ignored.
+fn store(path: &std::path::Path, image: &[u8]) {
     let Some(dir) = path.parent() else { return };
     if std::fs::create_dir_all(dir).is_err() {
         return;
     }
     let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-    if std::fs::write(&tmp, ptx).is_ok() && std::fs::rename(&tmp, path).is_err() {
+    if std::fs::write(&tmp, image).is_ok() && std::fs::rename(&tmp, path).is_err() {
         let _ = std::fs::remove_file(&tmp);
     }
 }
@@ -216,6 +279,9 @@ mod tests {
         let a = cache_key(s, "compute_80", (13, 0));
         assert_ne!(a, cache_key(s, "compute_90a", (13, 0)));
         assert_ne!(a, cache_key(s, "compute_80", (13, 1)));
-        assert!(a.starts_with("elementwise-compute_80-"));
+        assert!(a.starts_with("elementwise-compute_80-") && a.ends_with(".ptx"));
+        assert!(cache_key(s, "sm_90a", (13, 0)).ends_with(".cubin"));
+        assert_eq!(sm_for(9, 0), "sm_90a");
+        assert_eq!(sm_for(8, 9), "sm_89");
     }
 }

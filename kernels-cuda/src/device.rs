@@ -119,8 +119,10 @@ pub struct CudaDevice {
     ctx: Arc<CudaContext>,
     stream: Arc<CudaStream>,
     arch: String,
+    sm: String,
     sms: u32,
     kernels: Mutex<Kernels>,
+    pub(crate) graphs: Mutex<crate::capture::Graphs>,
     pub(crate) blas: Option<crate::gemm::Blas>,
 }
 
@@ -241,6 +243,7 @@ impl CudaDevice {
         let description = describe(index as i32).unwrap_or_else(|_| "NVIDIA GPU".into());
         let blas = crate::gemm::Blas::new(&ctx, &stream);
         let caps = capabilities(description, memory);
+        let graphs = Mutex::new(crate::capture::Graphs::new(ctx.clone()));
         Ok(CudaDevice {
             id: BackendId::fresh(),
             name,
@@ -248,8 +251,10 @@ impl CudaDevice {
             ctx,
             stream,
             arch: compile::arch_for(cc.0, cc.1),
+            sm: compile::sm_for(cc.0, cc.1),
             sms,
             kernels: Mutex::new(Kernels::default()),
+            graphs,
             blas,
         })
     }
@@ -268,6 +273,11 @@ impl CudaDevice {
         self.ctx
             .bind_to_thread()
             .map_err(|e| self.driver_err(op, "binding the context", e))
+    }
+
+    /// The raw handle of the device's stream.
+    pub(crate) fn cu_stream(&self) -> sys::CUstream {
+        self.stream.cu_stream()
     }
 
     pub(crate) fn driver_err(&self, op: &'static str, what: &str, e: DriverError) -> HalError {
@@ -291,13 +301,15 @@ impl CudaDevice {
         if let Some(m) = k.modules.get(src.name) {
             return Ok(m.0);
         }
-        let ptx = compile::cached_ptx(src, &self.arch)
+        // A CUBIN for this GPU (no driver JIT); PTX for the virtual
+        // architecture where NVRTC cannot target the GPU itself.
+        let image = compile::cached_image(src, &self.sm)
+            .or_else(|_| compile::cached_image(src, &self.arch))
             .map_err(|e| HalError::device(&self.name, op, e.to_string()))?;
-        let ptx = CString::new(ptx)
-            .map_err(|_| HalError::device(&self.name, op, "PTX contains a NUL byte"))?;
         self.bind(op)?;
-        // SAFETY: `ptx` is a NUL-terminated PTX image; the context is bound.
-        let module = unsafe { result::module::load_data(ptx.as_ptr() as *const c_void) }
+        // SAFETY: `image` is a CUBIN or a NUL-terminated PTX image, alive
+        // for the call; the context is bound.
+        let module = unsafe { result::module::load_data(image.as_ptr() as *const c_void) }
             .map_err(|e| self.driver_err(op, &format!("loading {}.cu", src.name), e))?;
         k.modules.insert(src.name, Module(module));
         Ok(module)
@@ -528,7 +540,7 @@ fn capabilities(device: String, memory_bytes: Option<u64>) -> Capabilities {
         quant_formats: QuantFormat::ALL.to_vec(),
         precisions: vec![Precision::Exact],
         batch_invariant: false,
-        step_capture: false,
+        step_capture: true,
     }
 }
 

@@ -6,6 +6,8 @@
 //!   loading and launches;
 //! * [`compile`](crate::compile) — NVRTC with an on-disk PTX cache (key:
 //!   source hash + architecture + NVRTC version);
+//! * `capture` — whole decode steps recorded as CUDA graphs and replayed
+//!   ([`hal::StepCapture`]);
 //! * `attention`, `quant`, `gemm`, `elementwise`, `kv_cache` — one module
 //!   per op family, each with its `.cu` source under `src/kernels/`.
 //!
@@ -14,6 +16,7 @@
 //! [`hal::Unavailable`] instead of a panic.
 
 mod attention;
+mod capture;
 mod compile;
 pub mod device;
 mod elementwise;
@@ -28,7 +31,7 @@ use hal::{
     AddArgs, BackendFactory, DeviceInfo, Elementwise, EmbeddingArgs, FlashAttention,
     FlashAttentionArgs, Gemm, GemmArgs, KvCache, KvCacheOps, PackedWeight, PagedAttention,
     PagedAttentionArgs, Probe, QuantGemm, QuantGemmArgs, QuantWeights, Result, RmsNormArgs,
-    RopeArgs, SiluAndMulArgs, StepCapture, WriteKvArgs,
+    RopeArgs, SiluAndMulArgs, StepCapture, StepKey, StepMode, WriteKvArgs,
 };
 
 pub use device::CudaDevice;
@@ -93,7 +96,23 @@ impl Elementwise for CudaDevice {
     }
 }
 
-impl StepCapture for CudaDevice {}
+impl StepCapture for CudaDevice {
+    fn begin_step(&self, key: &StepKey) -> Result<StepMode> {
+        self.begin_step_impl(key)
+    }
+
+    fn end_step(&self, key: &StepKey) -> Result<()> {
+        self.end_step_impl(key)
+    }
+
+    fn replay_step(&self, key: &StepKey) -> Result<()> {
+        self.replay_step_impl(key)
+    }
+
+    fn invalidate_steps(&self) -> Result<()> {
+        self.invalidate_steps_impl()
+    }
+}
 
 /// Open the first GPU (`cuda:0`).
 pub fn open_default() -> Result<CudaDevice> {
@@ -138,16 +157,29 @@ pub fn compile_all(arch: &str) -> std::result::Result<Vec<(&'static str, usize)>
     Ok(out)
 }
 
-/// Compile every kernel source for `arch` into the on-disk PTX cache
-/// (`$KILN_CUDA_CACHE`, else `~/.cache/kiln/cuda`), so a GPU machine's first
-/// start skips NVRTC; returns each source's name and PTX size.
-pub fn precompile(arch: &str) -> std::result::Result<Vec<(&'static str, usize)>, String> {
-    let mut out = Vec::new();
-    for src in sources::ALL.iter() {
-        let ptx = compile::cached_ptx(src, arch).map_err(|e| e.to_string())?;
-        out.push((src.name, ptx.len()));
-    }
-    Ok(out)
+/// Compile every kernel source for `target` into the on-disk cache
+/// (`$KILN_CUDA_CACHE`, else `~/.cache/kiln/cuda`): CUBINs for a real
+/// architecture (`sm_90a`), PTX for a virtual one (`compute_90a`), so a GPU
+/// machine's first start skips NVRTC and the driver's JIT; one thread per
+/// source. Returns each source's name and image size.
+pub fn precompile_parallel(
+    target: &str,
+) -> std::result::Result<Vec<(&'static str, usize)>, String> {
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = sources::ALL
+            .iter()
+            .map(|src| {
+                scope.spawn(move || compile::cached_image(src, target).map(|i| (src.name, i.len())))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| match h.join() {
+                Ok(r) => r.map_err(|e| e.to_string()),
+                Err(_) => Err("a compile thread panicked".to_string()),
+            })
+            .collect()
+    })
 }
 
 /// Every source's PTX for `arch` (compile checks).
@@ -171,6 +203,7 @@ pub fn entry_points_for_tests(name: &str) -> Vec<String> {
         "elementwise" => elementwise::kernel_names(),
         "kv_cache" => kv_cache::kernel_names(),
         "paged_attention" | "flash_attention" => attention::kernel_names(name),
+        "quant_gguf" | "quant_int4" | "quant_fp8" => quant::kernel_names(name),
         _ => Vec::new(),
     }
 }

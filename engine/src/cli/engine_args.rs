@@ -30,11 +30,17 @@ pub(crate) struct EngineArgs {
     #[arg(long, default_value = "f32", value_name = "DTYPE")]
     pub dtype: String,
 
-    /// Activations of quantised GEMMs: `auto` (int8, as llama.cpp does,
-    /// where the backend has it for the weight's format; exact elsewhere),
-    /// `exact` (as given, f32 accumulation) or `int8`.
-    #[arg(long, default_value = "auto", value_name = "MODE")]
+    /// Activations of quantised GEMMs: `exact` (as given, f32
+    /// accumulation), `int8` (quantised to int8 per 32 values, as llama.cpp
+    /// does: faster on CPUs, slightly different outputs) or `auto` (int8
+    /// where the backend has it for the weight's format, exact elsewhere).
+    #[arg(long, default_value = "exact", value_name = "MODE")]
     pub precision: String,
+
+    /// Issue every op of every step; by default a device that can (CUDA)
+    /// records decode steps as graphs and replays them.
+    #[arg(long)]
+    pub eager: bool,
 
     /// Memory for the KV cache over all layers (e.g. 1GiB, 512MiB).
     #[arg(long, default_value = "1GiB", value_name = "SIZE")]
@@ -118,6 +124,7 @@ impl EngineArgs {
                 dtype,
                 precision,
                 precision_fallback,
+                step_capture: !self.eager,
                 ..LoadOptions::default()
             },
         })

@@ -21,8 +21,8 @@ use std::sync::Arc;
 use hal::{
     AttentionBatch, AttentionParams, DType, Device, DeviceAttentionBatch, EmbeddingArgs,
     EmbeddingTable, GemmArgs, HalError, HostTensor, KvCache, Layout, PackedWeight,
-    PagedAttentionArgs, Precision, QuantGemmArgs, RmsNormArgs, RopeArgs, SiluAndMulArgs, Tensor,
-    View, ViewMut, WriteKvArgs,
+    PagedAttentionArgs, Precision, QuantGemmArgs, RmsNormArgs, RopeArgs, SiluAndMulArgs, StepKey,
+    StepMode, Tensor, View, ViewMut, WriteKvArgs,
 };
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -40,6 +40,9 @@ pub struct LoadOptions {
     /// choice of the command line: int8 activations where the backend has
     /// them, exact elsewhere).
     pub precision_fallback: bool,
+    /// Record decode steps and replay them where the device can
+    /// ([`hal::Capabilities::step_capture`]: CUDA graphs).
+    pub step_capture: bool,
     /// Show a progress bar on stderr while loading (when it is a terminal).
     pub progress: bool,
 }
@@ -50,6 +53,7 @@ impl Default for LoadOptions {
             dtype: DType::F32,
             precision: Precision::Exact,
             precision_fallback: false,
+            step_capture: true,
             progress: true,
         }
     }
@@ -240,6 +244,8 @@ pub struct LlamaModel {
     scratch: Option<Scratch>,
     step: Option<StepBuffers>,
     weight_bytes: usize,
+    /// Decode steps are recorded and replayed ([`hal::StepCapture`]).
+    capture: bool,
 }
 
 impl std::fmt::Debug for LlamaModel {
@@ -527,6 +533,7 @@ impl LlamaModel {
         let mut attention = AttentionParams::for_head_dim(hd);
         attention.sliding_window = c.sliding_window;
         let weight_bytes = l.bytes;
+        let capture = options.step_capture && device.capabilities().step_capture;
         Ok(LlamaModel {
             config: c,
             device,
@@ -540,6 +547,7 @@ impl LlamaModel {
             scratch: None,
             step: None,
             weight_bytes,
+            capture,
         })
     }
 
@@ -613,19 +621,15 @@ impl LlamaModel {
             ));
         }
         let c = self.config.clone();
-        let (h, hd, nh, nkv, inter) = (
-            c.hidden_size,
-            c.head_dim,
-            c.num_heads,
-            c.num_kv_heads,
-            c.intermediate_size,
-        );
+        let h = c.hidden_size;
         let device = Arc::clone(&self.device);
         let d = device.as_ref();
         let act = self.options.dtype;
-        let eps = c.rms_norm_eps;
-        let params = self.attention;
 
+        // Every upload and allocation of the step happens here, before any
+        // op: a step recorded as a graph then reads the same buffers when it
+        // is replayed, and a reallocation invalidates the recordings.
+        let before = self.buffer_signature();
         if self.step.is_none() {
             self.step = Some(StepBuffers::new(d, act)?);
         }
@@ -645,9 +649,125 @@ impl LlamaModel {
             .collect();
         step.positions.refill(d, DType::I64, &[t], &pos_bytes)?;
         step.meta.update(d, batch.attention)?;
-
-        // Split borrows: weights (immutable) and scratch (mutable).
+        let rows_bytes: Vec<u8> = batch
+            .logit_rows
+            .iter()
+            .flat_map(|&r| (r as i32).to_le_bytes())
+            .collect();
+        step.rows.refill(d, DType::I32, &[s], &rows_bytes)?;
+        step.gathered.reshape_for(d, act, &[s, h])?;
+        step.logits.reshape_for(d, act, &[s, c.vocab_size])?;
         self.scratch(t)?;
+        if self.capture && self.buffer_signature() != before {
+            d.invalidate_steps()?;
+        }
+
+        let attention = batch.attention;
+        let key = StepKey {
+            num_tokens: t,
+            num_seqs: attention.num_seqs(),
+            max_query_len: attention.max_query_len(),
+            max_blocks_per_seq: attention.max_blocks_per_seq,
+        };
+        // Pure decode steps are captured: their shapes repeat.
+        let capturable = self.capture && key.max_query_len == 1 && s == t;
+        let mode = if capturable {
+            match d.begin_step(&key) {
+                Ok(mode) => mode,
+                Err(e) => {
+                    self.stop_capture(&e);
+                    StepMode::Eager
+                }
+            }
+        } else {
+            StepMode::Eager
+        };
+        match mode {
+            StepMode::Replay => d.replay_step(&key)?,
+            StepMode::Eager => {
+                self.run_step(caches, batch)?;
+                if capturable {
+                    d.end_step(&key)?;
+                }
+            }
+            StepMode::Record => {
+                // The ops are recorded, not run; `end_step` runs the graph.
+                let ran = self.run_step(caches, batch);
+                let ended = d.end_step(&key);
+                if let Some(e) = ran.err().or(ended.err()) {
+                    self.stop_capture(&e);
+                    self.run_step(caches, batch)?;
+                }
+            }
+        }
+        if s == 0 {
+            return Ok(Vec::new());
+        }
+        let Some(step) = self.step.as_mut() else {
+            return Err(HalError::invalid(&dev_name, "forward", "no step buffers"));
+        };
+        d.synchronize()?;
+        step.host.resize(act.bytes_for(s * c.vocab_size), 0);
+        d.download(&step.logits.buffer, 0, &mut step.host)?;
+        Ok(widen(act, &step.host))
+    }
+
+    /// Lengths of every buffer a step uses and the scratch capacity: a
+    /// change means a buffer was reallocated.
+    fn buffer_signature(&self) -> Vec<usize> {
+        let mut sig = vec![self.scratch.as_ref().map_or(0, |s| s.capacity)];
+        if let Some(st) = &self.step {
+            for t in [
+                &st.ids,
+                &st.positions,
+                &st.rows,
+                &st.meta.query_start_loc,
+                &st.meta.seq_lens,
+                &st.meta.block_tables,
+                &st.meta.slot_mapping,
+                &st.gathered,
+                &st.logits,
+            ] {
+                sig.push(t.buffer.len());
+            }
+        }
+        sig
+    }
+
+    /// Stop recording steps after a capture failed (this step and every
+    /// later one then run op by op).
+    fn stop_capture(&mut self, e: &HalError) {
+        self.capture = false;
+        let _ = self.device.invalidate_steps();
+        tracing::warn!(
+            device = self.device.name(),
+            error = %e,
+            "step capture failed; running steps op by op"
+        );
+    }
+
+    /// Issue every op of a step whose inputs `forward` has uploaded.
+    fn run_step(
+        &mut self,
+        caches: &mut [KvCache],
+        batch: &ForwardBatch<'_>,
+    ) -> Result<(), HalError> {
+        let t = batch.token_ids.len();
+        let s = batch.logit_rows.len();
+        let dev_name = self.device.name().to_string();
+        let c = self.config.clone();
+        let (h, hd, nh, nkv, inter) = (
+            c.hidden_size,
+            c.head_dim,
+            c.num_heads,
+            c.num_kv_heads,
+            c.intermediate_size,
+        );
+        let device = Arc::clone(&self.device);
+        let d = device.as_ref();
+        let eps = c.rms_norm_eps;
+        let params = self.attention;
+        // Split borrows: weights (immutable) and scratch (mutable).
         let LlamaModel {
             embedding,
             layers,
@@ -668,7 +788,7 @@ impl LlamaModel {
             meta,
             gathered,
             logits,
-            host,
+            ..
         } = step;
         let sc = scratch
             .as_mut()
@@ -765,24 +885,14 @@ impl LlamaModel {
             out: vm(normed, &[t, h]),
         })?;
         if s == 0 {
-            return Ok(Vec::new());
+            return Ok(());
         }
-        // Gather the rows that need logits: an embedding lookup whose table
-        // is the hidden states.
-        let rows_bytes: Vec<u8> = batch
-            .logit_rows
-            .iter()
-            .flat_map(|&r| (r as i32).to_le_bytes())
-            .collect();
-        rows.refill(d, DType::I32, &[s], &rows_bytes)?;
-        gathered.reshape_for(d, act, &[s, h])?;
         d.embedding(EmbeddingArgs {
             ids: rows.view(),
             table: EmbeddingTable::Dense(vw(normed, &[t, h])),
             out: gathered.view_mut(),
         })?;
         // Logits come out in the activation dtype and are widened on the host.
-        logits.reshape_for(d, act, &[s, c.vocab_size])?;
         match (&*lm_head, &*embedding) {
             (Some(head), _) => linear(d, head, gathered.view(), logits.view_mut())?,
             (None, EmbeddingWeight::Quant(p, precision)) => d.quant_gemm(QuantGemmArgs {
@@ -799,10 +909,7 @@ impl LlamaModel {
                 out: logits.view_mut(),
             })?,
         }
-        d.synchronize()?;
-        host.resize(act.bytes_for(s * c.vocab_size), 0);
-        d.download(&logits.buffer, 0, host)?;
-        Ok(widen(act, host))
+        Ok(())
     }
 }
 

@@ -5,10 +5,11 @@
 //! tokens of one sequence × query heads of one KV head's group, at most
 //! [`MAX_ROWS`] rows — and stream that KV head's keys and values through
 //! shared memory in tiles of 32 with an f32 online softmax, so every K/V
-//! element is read once per CTA. Paged attention splits long contexts into
-//! [`PARTITION`]-token partitions when the batch alone does not fill the GPU
-//! (vLLM v2 style): each partition writes its max, sum and unnormalised
-//! output to scratch, and a reduce kernel merges them.
+//! element is read once per CTA. Paged attention splits contexts into
+//! partitions of 64 to [`PARTITION`] keys when the batch alone does not fill
+//! the GPU (vLLM v2 style, sized by [`partition_size`]): each partition
+//! writes its max, sum and unnormalised output to scratch, and a reduce
+//! kernel merges them.
 //!
 //! Grids are sized from shapes and `max_query_len` / `max_seq_len` only; the
 //! metadata stays on the device and CTAs past a sequence's end exit early.
@@ -32,8 +33,28 @@ const THREADS: u32 = 128;
 /// Keys per shared-memory tile (`PA_KT`).
 const KEY_TILE: usize = 32;
 
-/// Keys per partition of the split-context path.
+/// Most keys per partition of the split-context path.
 const PARTITION: usize = 512;
+
+/// Fewest keys per partition (two key tiles).
+const MIN_PARTITION: usize = 2 * KEY_TILE;
+
+/// Keys per partition for `ctas` CTAs per partition on `sms` SMs and the
+/// longest context `max_seq_len`: one partition (`max_seq_len` or more)
+/// when the batch fills the GPU twice over, else partitions of
+/// [`MIN_PARTITION`]..=[`PARTITION`] keys (multiples of two key tiles)
+/// making about `2 · sms` CTAs, so a small decode batch is spread over
+/// the whole GPU instead of walking its context on a few SMs.
+fn partition_size(ctas: usize, sms: usize, max_seq_len: usize) -> usize {
+    if ctas == 0 || ctas >= 2 * sms || max_seq_len <= MIN_PARTITION {
+        return max_seq_len.max(1);
+    }
+    let want = (2 * sms).div_ceil(ctas);
+    max_seq_len
+        .div_ceil(want)
+        .next_multiple_of(MIN_PARTITION)
+        .clamp(MIN_PARTITION, PARTITION)
+}
 
 /// Largest scratch (bytes) the split path may use; above it one CTA walks
 /// the whole context instead.
@@ -94,12 +115,14 @@ pub(crate) fn kernel_names(source: &str) -> Vec<String> {
 }
 
 /// Dynamic shared memory (bytes) of the tensor-core flash kernel at head
-/// dim `d` (`FmCfg<D>::BYTES`): the 64-row Q tile and double-buffered K and
-/// V tiles of `mma_key_tile(d)` keys, rows of 16-bit elements padded by 16
-/// bytes.
+/// dim `d` (`FmCfg<D>::BYTES`): double-buffered K and V tiles of
+/// `mma_key_tile(d)` keys, rows of 16-bit elements padded by 16 bytes, and
+/// at head dim 256 the 64-row Q tile (at head dims ≤ 128 Q is staged in the
+/// second V buffer and then kept in registers).
 fn mma_smem_bytes(d: usize) -> usize {
     let row = (d + 8) * 2;
-    MMA_ROWS * row + 4 * mma_key_tile(d) * row
+    let q = if d > 128 { MMA_ROWS * row } else { 0 };
+    q + 4 * mma_key_tile(d) * row
 }
 
 /// Keys per tile of the tensor-core flash kernel (`FmCfg<D>::BN`).
@@ -268,16 +291,18 @@ pub(crate) fn paged_attention(dev: &CudaDevice, args: PagedAttentionArgs<'_>) ->
     let gx = grid_dim(dev, op, "batch × query tiles", b * qtiles, i32::MAX as u32)?;
     let gy = grid_dim(dev, op, "KV heads × head tiles", hkv * head_tiles, 65535)?;
 
-    // Split the context when the batch alone leaves SMs idle.
-    let full_parts = meta.max_seq_len.div_ceil(PARTITION);
+    // Split the context when the batch alone leaves SMs idle. Sized by the
+    // block tables' capacity rather than this call's `max_seq_len`, so a
+    // step recorded as a CUDA graph stays right when replayed with longer
+    // sequences (partitions past a sequence's end exit at once).
+    let capacity = bt_stride * s.block_size;
     let ctas = b * qtiles * hkv * head_tiles;
+    let part_size = partition_size(ctas, dev.num_sms() as usize, capacity);
+    let full_parts = capacity.div_ceil(part_size);
     let split_bytes = t * h * full_parts * (d + 2) * 4;
-    let split = full_parts > 1
-        && ctas < 4 * dev.num_sms() as usize
-        && split_bytes <= MAX_SPLIT_SCRATCH
-        && full_parts <= 65535;
+    let split = full_parts > 1 && split_bytes <= MAX_SPLIT_SCRATCH && full_parts <= 65535;
     let (parts, part_size) = if split {
-        (full_parts, PARTITION)
+        (full_parts, part_size)
     } else {
         (1, i32::MAX as usize)
     };
@@ -361,7 +386,7 @@ pub(crate) fn paged_attention(dev: &CudaDevice, args: PagedAttentionArgs<'_>) ->
                 Arg::Ptr(lens),
                 Arg::I32(as_i32(dev, op, "batch", b)?),
                 Arg::I32(h as i32),
-                Arg::I32(PARTITION as i32),
+                Arg::I32(part_size as i32),
                 Arg::I32(parts as i32),
             ],
         )?;
@@ -404,7 +429,7 @@ pub(crate) fn flash_attention(dev: &CudaDevice, args: FlashAttentionArgs<'_>) ->
     let mma = matches!(args.q.dtype, DType::F16 | DType::BF16)
         && MMA_HEAD_DIMS.contains(&d)
         && q % 16 == 0
-        && h <= GRID_YZ
+        && args.max_seqlen_q.div_ceil(MMA_ROWS).saturating_mul(h) <= i32::MAX as usize
         && b <= GRID_YZ;
     if mma {
         return flash_attention_mma(dev, &args, q, k, v, (h, hkv, d, b), softcap, window);
@@ -453,10 +478,12 @@ pub(crate) fn flash_attention(dev: &CudaDevice, args: FlashAttentionArgs<'_>) ->
 /// 16-byte aligned). `shape` is `(num_heads, num_kv_heads, head_dim,
 /// batch)`.
 ///
-/// Grid `(⌈max_seqlen_q / 64⌉, num_heads, batch)`, 128 threads: a CTA owns
+/// Grid `(⌈max_seqlen_q / 64⌉ · num_heads, batch)`, 128 threads: a CTA owns
 /// 64 query rows of one (sequence, head) and streams the keys and values
 /// they see in tiles of 64 (32 at head dim 256); `4 · 64 · keys ·
-/// head_dim` FLOPs per CTA on the tensor cores.
+/// head_dim` FLOPs per CTA on the tensor cores. Grid x runs over heads
+/// fastest and the last (longest causal) query tiles first, so the
+/// longest CTAs of every head start in the first wave.
 #[allow(clippy::too_many_arguments)]
 fn flash_attention_mma(
     dev: &CudaDevice,
@@ -471,9 +498,14 @@ fn flash_attention_mma(
     let op = "flash_attention";
     let (h, hkv, d, b) = shape;
     let qtiles = args.max_seqlen_q.div_ceil(MMA_ROWS);
-    let gx = grid_dim(dev, op, "query tiles", qtiles, i32::MAX as u32)?;
-    let gy = grid_dim(dev, op, "num_heads", h, GRID_YZ as u32)?;
-    let gz = grid_dim(dev, op, "batch", b, GRID_YZ as u32)?;
+    let gx = grid_dim(
+        dev,
+        op,
+        "query tiles × num_heads",
+        qtiles.saturating_mul(h),
+        i32::MAX as u32,
+    )?;
+    let gy = grid_dim(dev, op, "batch", b, GRID_YZ as u32)?;
     let smem = mma_smem_bytes(d);
     let f = dev.function(
         &FLASH_ATTENTION,
@@ -485,7 +517,7 @@ fn flash_attention_mma(
     dev.launch(
         op,
         &f,
-        (gx, gy, gz),
+        (gx, gy, 1),
         (THREADS, 1, 1),
         smem as u32,
         &[
@@ -507,6 +539,27 @@ fn flash_attention_mma(
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn partitions_spread_small_batches_over_the_gpu() {
+        // A full GPU: one partition.
+        assert_eq!(partition_size(264, 132, 2048), 2048);
+        // One sequence, 8 KV heads, 512 keys: 64-key partitions.
+        assert_eq!(partition_size(8, 132, 512), 64);
+        // Never above PARTITION, always a multiple of two key tiles.
+        for (ctas, len) in [(1, 100_000), (3, 700), (100, 2049), (200, 65)] {
+            let p = partition_size(ctas, 132, len);
+            assert!(
+                (MIN_PARTITION..=PARTITION).contains(&p),
+                "{ctas} {len}: {p}"
+            );
+            assert!(p.is_multiple_of(MIN_PARTITION), "{ctas} {len}: {p}");
+        }
+        // Short contexts are not split.
+        assert_eq!(partition_size(1, 132, 64), 64);
+        assert_eq!(partition_size(0, 132, 0), 1);
+    }
+
     use super::*;
 
     #[test]
@@ -517,10 +570,13 @@ mod tests {
         for d in MMA_HEAD_DIMS {
             assert!(mma_smem_bytes(d) <= 227 << 10);
         }
-        // Two CTAs per SM at head dim 128, four at 64 (228 KiB per SM).
-        assert_eq!(mma_smem_bytes(128), 87040);
-        assert_eq!(mma_smem_bytes(64), 46080);
+        // Three CTAs per SM at head dim 128, four at 64 (228 KiB per SM,
+        // 1 KiB reserved per CTA).
+        assert_eq!(mma_smem_bytes(128), 69632);
+        assert!(3 * (mma_smem_bytes(128) + 1024) <= 228 << 10);
+        assert_eq!(mma_smem_bytes(64), 36864);
         assert!(mma_smem_bytes(64) <= 48 << 10);
+        assert_eq!(mma_smem_bytes(256), 101376);
     }
 
     #[test]

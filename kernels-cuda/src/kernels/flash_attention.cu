@@ -442,14 +442,22 @@ FA_ALL_TYPES(256)
 // ---------------------------------------------------------------------------
 // Tensor-core FlashAttention-2 (f16 / bf16, head dims 64, 80, 96, 128, 256).
 //
-// Grid (query tiles, num_heads, batch), 128 threads. A CTA owns FM_BM = 64
-// query rows of one (sequence, head); warp w owns rows 16w..16w+15. Keys and
+// Grid (query tiles × num_heads, batch), 128 threads; x enumerates the
+// (query tile, head) pairs head fastest with the last query tile first, so
+// the CTAs with the most causal work start first across all heads (and the
+// heads of one KV group run side by side, sharing its K/V in L2). A CTA
+// owns FM_BM = 64 query rows of one (sequence, head); warp w owns rows
+// 16w..16w+15. Keys and
 // values of the head's KV head (h / group) stream through shared memory in
 // tiles of FmCfg::BN keys (64; 32 at head dim 256), cp.async double
 // buffered (K of the next tile loads during this tile's Q·Kᵀ, V of the next
 // during P·V). Shared-memory rows are padded by 16 bytes: a row is an odd
 // number of 16-byte chunks, so the 8 row addresses of every ldmatrix phase
-// fall in 8 distinct bank groups.
+// fall in 8 distinct bank groups. At head dims ≤ 128 the Q fragments live
+// in registers after the first tile, so the Q tile is staged in the second
+// V buffer (first written by the prefetch of tile 1's V, after a barrier
+// that follows every warp's Q ldmatrix): 4 K/V tiles of shared memory,
+// three CTAs per SM at head dim 128.
 //
 // S = Q·Kᵀ and O += P·V use mma.sync.m16n8k16 (f32 accumulate). Fragment
 // layouts (PTX ISA, "Matrix Fragments for mma.m16n8k16" with .f16/.bf16):
@@ -498,10 +506,16 @@ template <int D> struct FmCfg {
     static constexpr int NT = BN / 8;            // 8-key tiles of S
     static constexpr int DT = D / 8;             // 8-column tiles of O
     static constexpr bool Q_REGS = D <= 128;     // Q fragments held in registers
-    static constexpr int Q_OFF = 0;
-    static constexpr int K_OFF = Q_OFF + FM_BM * STRIDE * 2;
-    static constexpr int V_OFF = K_OFF + 2 * BN * STRIDE * 2;
-    static constexpr int BYTES = V_OFF + 2 * BN * STRIDE * 2;
+    static constexpr int TILE = BN * STRIDE * 2;  // bytes of one K or V tile
+    // Q_REGS: Q staged in V buffer 1; else Q first, then K and V.
+    static constexpr int K_OFF = Q_REGS ? 0 : FM_BM * STRIDE * 2;
+    static constexpr int V_OFF = K_OFF + 2 * TILE;
+    static constexpr int Q_OFF = Q_REGS ? V_OFF + TILE : 0;
+    static constexpr int BYTES = V_OFF + 2 * TILE;
+    // CTAs per SM the register budget must allow (launch bounds): at head
+    // dims 80–128 three CTAs (≤ 168 registers) fit the shared memory too.
+    static constexpr int MIN_BLOCKS = D <= 64 ? 4 : (D <= 128 ? 3 : 1);
+    static_assert(!Q_REGS || BN >= FM_BM, "the Q tile must fit one V buffer");
 };
 
 __device__ __forceinline__ void fm_ldsm_x4(uint32_t addr, uint32_t& r0, uint32_t& r1, uint32_t& r2,
@@ -604,7 +618,7 @@ __device__ __forceinline__ void fm_scores(float (*s)[4], const uint32_t (*q_frag
 
 /// Queries `[total_q, H, D]`, keys and values `[total_k, Hkv, D]`, output
 /// `[total_q, H, D]`, all of type T (f16 or bf16); cu_q / cu_k `[batch + 1]`.
-/// Grid (⌈max_seqlen_q / 64⌉, H, batch), block 128, dynamic shared memory
+/// Grid (⌈max_seqlen_q / 64⌉ · H, batch), block 128, dynamic shared memory
 /// FmCfg<D>::BYTES. `window` < 0: none; `softcap` ≤ 0: none.
 template <typename T, int D>
 __device__ __forceinline__ void
@@ -617,10 +631,11 @@ flash_attention_mma_impl(const T* __restrict__ q, const T* __restrict__ k, const
     constexpr float LOG2E = 1.4426950408889634f;
     extern __shared__ __align__(16) unsigned char fm_smem[];
 
-    const int b = blockIdx.z;
-    const int h = blockIdx.y;
-    // Longest causal tiles first.
-    const int qt = gridDim.x - 1 - blockIdx.x;
+    const int b = blockIdx.y;
+    // Heads fastest, longest causal tiles first.
+    const int qt_rev = (int)(blockIdx.x / (unsigned)num_heads);
+    const int h = (int)blockIdx.x - qt_rev * num_heads;
+    const int qt = (int)(gridDim.x / (unsigned)num_heads) - 1 - qt_rev;
     const int q0 = cu_q[b];
     const int lq = cu_q[b + 1] - q0;
     const int k0 = cu_k[b];
@@ -832,7 +847,8 @@ flash_attention_mma_impl(const T* __restrict__ q, const T* __restrict__ k, const
 }
 
 #define FM_ENTRY(N, T, D)                                                                          \
-    extern "C" __global__ void __launch_bounds__(FM_THREADS) flash_attention_mma_##N##_hd##D(      \
+    extern "C" __global__ void __launch_bounds__(FM_THREADS, FmCfg<D>::MIN_BLOCKS)                 \
+        flash_attention_mma_##N##_hd##D(                                                           \
         const T* q, const T* k, const T* v, T* out, const int* cu_q, const int* cu_k,              \
         int num_heads, int num_kv_heads, int causal, float scale, float softcap, int window) {     \
         flash_attention_mma_impl<T, D>(q, k, v, out, cu_q, cu_k, num_heads, num_kv_heads, causal,  \

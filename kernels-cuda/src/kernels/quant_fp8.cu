@@ -79,59 +79,146 @@ __device__ __forceinline__ float fp_row_scale(const float* __restrict__ s, float
 }
 
 // ---------------------------------------------------------------------------
-// Matvec / small M: one warp per output row, lanes stride over the blocks of
-// the row (one 16 / 32-byte load each), MR rows of x per weight read.
-// Grid (ceil(N / 4), ceil(M / MR)), block 128.
+// Small M (M <= 16): a CTA of 256 threads owns FP_MV_ROWS = 32 output rows
+// (8 warps x FP_MV_R = 4 rows) and a range of K blocks (split-K). For every
+// chunk of FP_MV_CHUNK = 32 blocks (1024 columns) the MR activation rows are
+// staged once in shared memory as f32, laid out [MR][32 blocks][FP_MV_LD = 36]
+// (4 floats of padding per block keep the per-lane float4 reads free of bank
+// conflicts); lane j of a warp loads block j of each of its 4 rows (one
+// 16 / 32-byte load per row, consecutive lanes on consecutive bytes of the
+// row) and accumulates all MR activation rows in registers, so every weight
+// byte is read once for any M <= MR.
+// Grid (ceil(N / 32), splits), block 256, dynamic shared MR * 32 * 36 * 4
+// bytes. Split y covers blocks [y * split_chunks * 32, (y + 1) * split_chunks
+// * 32). With one split the kernel writes out (+ bias); otherwise it writes
+// f32 partial sums part[splits, M, N] that fp8_mv_reduce adds in split
+// order (deterministic).
+
+#define FP_MV_WARPS 8
+#define FP_MV_R 4
+#define FP_MV_ROWS (FP_MV_WARPS * FP_MV_R)
+#define FP_MV_CHUNK 32
+#define FP_MV_LD 36
 
 template <int MR>
 __device__ void fp_matvec(const uint8_t* __restrict__ qs, const float* __restrict__ wscale,
-                          const float* __restrict__ x, const float* __restrict__ xscale,
-                          float xs_static, int xs_mode, const void* __restrict__ bias, int bias_dt,
-                          void* __restrict__ out, int out_dt, int M, int N, int K) {
-    const int lane = threadIdx.x & 31;
-    const int row = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
-    if (row >= N) {
-        return;
-    }
-    const int m0 = blockIdx.y * MR;
+                          const float* __restrict__ xscale, float xs_static, int xs_mode,
+                          const float* __restrict__ x, const void* __restrict__ bias, int bias_dt,
+                          void* __restrict__ out, int out_dt, float* __restrict__ part, int M,
+                          int N, int K, int split_chunks) {
+    extern __shared__ __align__(16) float fp_xs[];
+    const int tid = threadIdx.x;
+    const int lane = tid & 31;
+    const int warp = tid >> 5;
     const int nb = K >> 5;
-    const float* xr[MR];
+    const int row0 = blockIdx.x * FP_MV_ROWS + warp * FP_MV_R;
+    const int bbeg = blockIdx.y * split_chunks * FP_MV_CHUNK;
+    const int bend = min(nb, bbeg + split_chunks * FP_MV_CHUNK);
+    int rows[FP_MV_R];
+#pragma unroll
+    for (int r = 0; r < FP_MV_R; ++r) {
+        rows[r] = min(row0 + r, N - 1);
+    }
+    float acc[MR][FP_MV_R];
 #pragma unroll
     for (int m = 0; m < MR; ++m) {
-        xr[m] = x + (long long)min(m0 + m, M - 1) * K;
+#pragma unroll
+        for (int r = 0; r < FP_MV_R; ++r) {
+            acc[m][r] = 0.0f;
+        }
     }
-    float acc[MR];
+    for (int cb = bbeg; cb < bend; cb += FP_MV_CHUNK) {
+        const int b = cb + lane;
+        const bool active = b < bend;
+        uint32_t w[FP_MV_R][8];
+        if (active) {
+#pragma unroll
+            for (int r = 0; r < FP_MV_R; ++r) {
+                fp_load_block(qs, rows[r], nb, b, w[r]);
+            }
+        }
+        for (int i = tid; i < MR * FP_MV_CHUNK * 8; i += blockDim.x) {
+            const int m = i / (FP_MV_CHUNK * 8);
+            const int q = i - m * (FP_MV_CHUNK * 8);
+            const int blk = q >> 3;
+            const int off = (q & 7) * 4;
+            float4 v = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+            if (m < M && cb + blk < bend) {
+                v = fp_load4(x + (long long)m * K + (long long)(cb + blk) * 32 + off);
+            }
+            *(float4*)&fp_xs[(m * FP_MV_CHUNK + blk) * FP_MV_LD + off] = v;
+        }
+        __syncthreads();
+        if (active) {
+#pragma unroll
+            for (int t = 0; t < 8; ++t) {
+                float4 wv[FP_MV_R];
+#pragma unroll
+                for (int r = 0; r < FP_MV_R; ++r) {
+                    wv[r] = fp_dequant_quad(w[r][t]);
+                }
+#pragma unroll
+                for (int m = 0; m < MR; ++m) {
+                    if (m < M) {
+                        const float4 xv =
+                            *(const float4*)&fp_xs[(m * FP_MV_CHUNK + lane) * FP_MV_LD + 4 * t];
+#pragma unroll
+                        for (int r = 0; r < FP_MV_R; ++r) {
+                            float a = acc[m][r];
+                            a = fmaf(wv[r].x, xv.x, a);
+                            a = fmaf(wv[r].y, xv.y, a);
+                            a = fmaf(wv[r].z, xv.z, a);
+                            a = fmaf(wv[r].w, xv.w, a);
+                            acc[m][r] = a;
+                        }
+                    }
+                }
+            }
+        }
+        __syncthreads();
+    }
+    // Warp sums (every lane holds them) go through shared memory so that
+    // lanes store different outputs.
+    float* red = fp_xs + warp * (MR * FP_MV_R);
 #pragma unroll
     for (int m = 0; m < MR; ++m) {
-        acc[m] = 0.0f;
+#pragma unroll
+        for (int r = 0; r < FP_MV_R; ++r) {
+            red[m * FP_MV_R + r] = warp_sum(acc[m][r]);
+        }
     }
-    for (int b = lane; b < nb; b += 32) {
-        uint32_t w[8];
-        fp_load_block(qs, row, nb, b, w);
-#pragma unroll
-        for (int t = 0; t < 8; ++t) {
-            float4 wv = fp_dequant_quad(w[t]);
-#pragma unroll
-            for (int m = 0; m < MR; ++m) {
-                float4 xv = fp_load4(xr[m] + b * 32 + 4 * t);
-                float a = acc[m];
-                a = fmaf(wv.x, xv.x, a);
-                a = fmaf(wv.y, xv.y, a);
-                a = fmaf(wv.z, xv.z, a);
-                a = fmaf(wv.w, xv.w, a);
-                acc[m] = a;
+    __syncwarp();
+    for (int i = lane; i < MR * FP_MV_R; i += 32) {
+        const int m = i / FP_MV_R;
+        const int row = row0 + (i - m * FP_MV_R);
+        if (m < M && row < N) {
+            const float s = red[i] * 256.0f * fp_row_scale(xscale, xs_static, xs_mode, m) *
+                            wscale[row];
+            if (gridDim.y == 1) {
+                const float bv = bias_dt >= 0 ? fp_load_dyn(bias, bias_dt, row) : 0.0f;
+                fp_store_dyn(out, out_dt, (long long)m * N + row, s + bv);
+            } else {
+                part[((long long)blockIdx.y * M + m) * N + row] = s;
             }
         }
     }
-    const float bv = bias_dt >= 0 ? fp_load_dyn(bias, bias_dt, row) : 0.0f;
-#pragma unroll
-    for (int m = 0; m < MR; ++m) {
-        float s = warp_sum(acc[m]);
-        if (lane == 0 && m0 + m < M) {
-            const float rs = fp_row_scale(xscale, xs_static, xs_mode, m0 + m);
-            const float v = s * 256.0f * rs * wscale[row];
-            fp_store_dyn(out, out_dt, (long long)(m0 + m) * N + row, v + bv);
+}
+
+/// out[m, n] = sum over splits s (in order) of part[s, m, n] + bias[n].
+/// Grid-stride over M * N.
+__device__ void fp_mv_reduce(const float* __restrict__ part, int splits,
+                             const void* __restrict__ bias, int bias_dt, void* __restrict__ out,
+                             int out_dt, int M, int N) {
+    const long long total = (long long)M * N;
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < total;
+         i += (long long)gridDim.x * blockDim.x) {
+        float s = 0.0f;
+        for (int sp = 0; sp < splits; ++sp) {
+            s += part[(long long)sp * total + i];
         }
+        const int n = (int)(i % N);
+        const float bv = bias_dt >= 0 ? fp_load_dyn(bias, bias_dt, n) : 0.0f;
+        fp_store_dyn(out, out_dt, i, s + bv);
     }
 }
 
@@ -332,18 +419,26 @@ FP_DTYPE(f16, kiln_f16)
 FP_DTYPE(bf16, kiln_bf16)
 
 #define FP_MV(MR)                                                                                \
-    extern "C" __global__ void __launch_bounds__(128)                                            \
-        fp8_mv_m##MR(const uint8_t* qs, const float* wscale, const float* x,                     \
-                     const float* xscale, float xs_static, int xs_mode, const void* bias,        \
-                     int bias_dt, void* out, int out_dt, int M, int N, int K) {                  \
-        fp_matvec<MR>(qs, wscale, x, xscale, xs_static, xs_mode, bias, bias_dt, out, out_dt, M,  \
-                      N, K);                                                                     \
+    extern "C" __global__ void __launch_bounds__(256)                                            \
+        fp8_mv_m##MR(const uint8_t* qs, const float* wscale, const float* xscale,                \
+                     float xs_static, int xs_mode, const float* x, const void* bias,             \
+                     int bias_dt, void* out, int out_dt, float* part, int M, int N, int K,       \
+                     int split_chunks) {                                                         \
+        fp_matvec<MR>(qs, wscale, xscale, xs_static, xs_mode, x, bias, bias_dt, out, out_dt,     \
+                      part, M, N, K, split_chunks);                                              \
     }
 
 FP_MV(1)
 FP_MV(2)
 FP_MV(4)
 FP_MV(8)
+FP_MV(16)
+
+extern "C" __global__ void __launch_bounds__(256)
+    fp8_mv_reduce(const float* part, int splits, const void* bias, int bias_dt, void* out,
+                  int out_dt, int M, int N) {
+    fp_mv_reduce(part, splits, bias, bias_dt, out, out_dt, M, N);
+}
 
 extern "C" __global__ void __launch_bounds__(256)
     fp8_mm(const uint8_t* qs, const float* wscale, const float* x, const float* xscale,

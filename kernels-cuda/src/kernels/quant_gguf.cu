@@ -142,57 +142,146 @@ __device__ __forceinline__ float4 gq_dequant_quad(uint32_t v, const GqBlock& p) 
 }
 
 // ---------------------------------------------------------------------------
-// Matvec / small M: one warp per output row, lanes stride over the blocks of
-// the row (one 16 / 32-byte load each), MR rows of x per weight read.
-// Grid (ceil(N / 4), ceil(M / MR)), block 128.
+// Small M (M <= 16): a CTA of 256 threads owns GQ_MV_ROWS = 32 output rows
+// (8 warps x GQ_MV_R = 4 rows) and a range of K blocks (split-K). For every
+// chunk of GQ_MV_CHUNK = 32 blocks (1024 columns) the MR activation rows are
+// staged once in shared memory as f32, laid out [MR][32 blocks][GQ_MV_LD = 36]
+// (4 floats of padding per block keep the per-lane float4 reads free of bank
+// conflicts); lane j of a warp loads block j of each of its 4 rows (one
+// 16 / 32-byte load per row, consecutive lanes on consecutive bytes of the
+// row) and accumulates all MR activation rows in registers, so every weight
+// byte is read once for any M <= MR.
+// Grid (ceil(N / 32), splits), block 256, dynamic shared MR * 32 * 36 * 4
+// bytes. Split y covers blocks [y * split_chunks * 32, (y + 1) * split_chunks
+// * 32). With one split the kernel writes out (+ bias); otherwise it writes
+// f32 partial sums part[splits, M, N] that gguf_mv_reduce adds in split
+// order (deterministic).
+
+#define GQ_MV_WARPS 8
+#define GQ_MV_R 4
+#define GQ_MV_ROWS (GQ_MV_WARPS * GQ_MV_R)
+#define GQ_MV_CHUNK 32
+#define GQ_MV_LD 36
 
 template <int FMT, typename T, int MR>
 __device__ void gq_matvec(const uint8_t* __restrict__ qs, const void* __restrict__ dm,
                           const T* __restrict__ x, const void* __restrict__ bias, int bias_dt,
-                          void* __restrict__ out, int out_dt, int M, int N, int K) {
-    const int lane = threadIdx.x & 31;
-    const int row = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
-    if (row >= N) {
-        return;
-    }
-    const int m0 = blockIdx.y * MR;
+                          void* __restrict__ out, int out_dt, float* __restrict__ part, int M,
+                          int N, int K, int split_chunks) {
+    extern __shared__ __align__(16) float gq_xs[];
+    const int tid = threadIdx.x;
+    const int lane = tid & 31;
+    const int warp = tid >> 5;
     const int nb = K >> 5;
-    const T* xr[MR];
+    const int row0 = blockIdx.x * GQ_MV_ROWS + warp * GQ_MV_R;
+    const int bbeg = blockIdx.y * split_chunks * GQ_MV_CHUNK;
+    const int bend = min(nb, bbeg + split_chunks * GQ_MV_CHUNK);
+    int rows[GQ_MV_R];
+#pragma unroll
+    for (int r = 0; r < GQ_MV_R; ++r) {
+        rows[r] = min(row0 + r, N - 1);
+    }
+    float acc[MR][GQ_MV_R];
 #pragma unroll
     for (int m = 0; m < MR; ++m) {
-        xr[m] = x + (long long)min(m0 + m, M - 1) * K;
+#pragma unroll
+        for (int r = 0; r < GQ_MV_R; ++r) {
+            acc[m][r] = 0.0f;
+        }
     }
-    float acc[MR];
+    for (int cb = bbeg; cb < bend; cb += GQ_MV_CHUNK) {
+        const int b = cb + lane;
+        const bool active = b < bend;
+        uint32_t w[GQ_MV_R][8];
+        GqBlock p[GQ_MV_R];
+        if (active) {
+#pragma unroll
+            for (int r = 0; r < GQ_MV_R; ++r) {
+                gq_load_block<FMT>(qs, rows[r], nb, b, w[r]);
+                p[r] = gq_block_params<FMT>(dm, rows[r], nb, b);
+            }
+        }
+        for (int i = tid; i < MR * GQ_MV_CHUNK * 8; i += blockDim.x) {
+            const int m = i / (GQ_MV_CHUNK * 8);
+            const int q = i - m * (GQ_MV_CHUNK * 8);
+            const int blk = q >> 3;
+            const int off = (q & 7) * 4;
+            float4 v = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+            if (m < M && cb + blk < bend) {
+                v = gq_load4<T>(x + (long long)m * K + (long long)(cb + blk) * 32 + off);
+            }
+            *(float4*)&gq_xs[(m * GQ_MV_CHUNK + blk) * GQ_MV_LD + off] = v;
+        }
+        __syncthreads();
+        if (active) {
+#pragma unroll
+            for (int t = 0; t < 8; ++t) {
+                float4 wv[GQ_MV_R];
+#pragma unroll
+                for (int r = 0; r < GQ_MV_R; ++r) {
+                    wv[r] = gq_dequant_quad(gq_quad<FMT>(w[r], t), p[r]);
+                }
+#pragma unroll
+                for (int m = 0; m < MR; ++m) {
+                    if (m < M) {
+                        const float4 xv =
+                            *(const float4*)&gq_xs[(m * GQ_MV_CHUNK + lane) * GQ_MV_LD + 4 * t];
+#pragma unroll
+                        for (int r = 0; r < GQ_MV_R; ++r) {
+                            float a = acc[m][r];
+                            a = fmaf(wv[r].x, xv.x, a);
+                            a = fmaf(wv[r].y, xv.y, a);
+                            a = fmaf(wv[r].z, xv.z, a);
+                            a = fmaf(wv[r].w, xv.w, a);
+                            acc[m][r] = a;
+                        }
+                    }
+                }
+            }
+        }
+        __syncthreads();
+    }
+    // Warp sums (every lane holds them) go through shared memory so that
+    // lanes store different outputs.
+    float* red = gq_xs + warp * (MR * GQ_MV_R);
 #pragma unroll
     for (int m = 0; m < MR; ++m) {
-        acc[m] = 0.0f;
+#pragma unroll
+        for (int r = 0; r < GQ_MV_R; ++r) {
+            red[m * GQ_MV_R + r] = warp_sum(acc[m][r]);
+        }
     }
-    for (int b = lane; b < nb; b += 32) {
-        uint32_t w[8];
-        gq_load_block<FMT>(qs, row, nb, b, w);
-        GqBlock p = gq_block_params<FMT>(dm, row, nb, b);
-#pragma unroll
-        for (int t = 0; t < 8; ++t) {
-            float4 wv = gq_dequant_quad(gq_quad<FMT>(w, t), p);
-#pragma unroll
-            for (int m = 0; m < MR; ++m) {
-                float4 xv = gq_load4<T>(xr[m] + b * 32 + 4 * t);
-                float a = acc[m];
-                a = fmaf(wv.x, xv.x, a);
-                a = fmaf(wv.y, xv.y, a);
-                a = fmaf(wv.z, xv.z, a);
-                a = fmaf(wv.w, xv.w, a);
-                acc[m] = a;
+    __syncwarp();
+    for (int i = lane; i < MR * GQ_MV_R; i += 32) {
+        const int m = i / GQ_MV_R;
+        const int row = row0 + (i - m * GQ_MV_R);
+        if (m < M && row < N) {
+            const float s = red[i];
+            if (gridDim.y == 1) {
+                const float bv = bias_dt >= 0 ? gq_load_dyn(bias, bias_dt, row) : 0.0f;
+                gq_store_dyn(out, out_dt, (long long)m * N + row, s + bv);
+            } else {
+                part[((long long)blockIdx.y * M + m) * N + row] = s;
             }
         }
     }
-    const float bv = bias_dt >= 0 ? gq_load_dyn(bias, bias_dt, row) : 0.0f;
-#pragma unroll
-    for (int m = 0; m < MR; ++m) {
-        float s = warp_sum(acc[m]);
-        if (lane == 0 && m0 + m < M) {
-            gq_store_dyn(out, out_dt, (long long)(m0 + m) * N + row, s + bv);
+}
+
+/// out[m, n] = sum over splits s (in order) of part[s, m, n] + bias[n].
+/// Grid-stride over M * N.
+__device__ void gq_mv_reduce(const float* __restrict__ part, int splits,
+                             const void* __restrict__ bias, int bias_dt, void* __restrict__ out,
+                             int out_dt, int M, int N) {
+    const long long total = (long long)M * N;
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < total;
+         i += (long long)gridDim.x * blockDim.x) {
+        float s = 0.0f;
+        for (int sp = 0; sp < splits; ++sp) {
+            s += part[(long long)sp * total + i];
         }
+        const int n = (int)(i % N);
+        const float bv = bias_dt >= 0 ? gq_load_dyn(bias, bias_dt, n) : 0.0f;
+        gq_store_dyn(out, out_dt, i, s + bv);
     }
 }
 
@@ -341,17 +430,19 @@ __device__ void gq_to_f32(const T* __restrict__ x, float* __restrict__ y, long l
 // Entry points.
 
 #define GQ_MV(NAME, FMT, T, MR)                                                                  \
-    extern "C" __global__ void __launch_bounds__(128)                                            \
+    extern "C" __global__ void __launch_bounds__(256)                                            \
         NAME(const uint8_t* qs, const void* dm, const T* x, const void* bias, int bias_dt,       \
-             void* out, int out_dt, int M, int N, int K) {                                       \
-        gq_matvec<FMT, T, MR>(qs, dm, x, bias, bias_dt, out, out_dt, M, N, K);                   \
+             void* out, int out_dt, float* part, int M, int N, int K, int split_chunks) {        \
+        gq_matvec<FMT, T, MR>(qs, dm, x, bias, bias_dt, out, out_dt, part, M, N, K,              \
+                              split_chunks);                                                     \
     }
 
 #define GQ_MV_ALL(FNAME, FMT, TNAME, T)                                                          \
     GQ_MV(gguf_mv_##FNAME##_##TNAME##_m1, FMT, T, 1)                                            \
     GQ_MV(gguf_mv_##FNAME##_##TNAME##_m2, FMT, T, 2)                                            \
     GQ_MV(gguf_mv_##FNAME##_##TNAME##_m4, FMT, T, 4)                                            \
-    GQ_MV(gguf_mv_##FNAME##_##TNAME##_m8, FMT, T, 8)
+    GQ_MV(gguf_mv_##FNAME##_##TNAME##_m8, FMT, T, 8)                                            \
+    GQ_MV(gguf_mv_##FNAME##_##TNAME##_m16, FMT, T, 16)
 
 #define GQ_MM(FNAME, FMT, TNAME, T)                                                              \
     extern "C" __global__ void __launch_bounds__(256)                                            \
@@ -381,6 +472,12 @@ __device__ void gq_to_f32(const T* __restrict__ x, float* __restrict__ y, long l
 GQ_FORMAT(q4_0, FMT_Q4_0)
 GQ_FORMAT(q4_1, FMT_Q4_1)
 GQ_FORMAT(q8_0, FMT_Q8_0)
+
+extern "C" __global__ void __launch_bounds__(256)
+    gguf_mv_reduce(const float* part, int splits, const void* bias, int bias_dt, void* out,
+                   int out_dt, int M, int N) {
+    gq_mv_reduce(part, splits, bias, bias_dt, out, out_dt, M, N);
+}
 
 extern "C" __global__ void gguf_to_f32_f32(const float* x, float* y, long long n) {
     gq_to_f32<float>(x, y, n);

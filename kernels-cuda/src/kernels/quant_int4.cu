@@ -137,58 +137,151 @@ __device__ __forceinline__ float4 iq_dequant_quad(uint32_t v, const IqBlock& p) 
 }
 
 // ---------------------------------------------------------------------------
-// Matvec / small M: one warp per output row, lanes stride over the blocks of
-// the row (one 16 / 32-byte load each), MR rows of x per weight read.
-// Grid (ceil(N / 4), ceil(M / MR)), block 128.
+// Small M (M <= 16): a CTA of 256 threads owns IQ_MV_ROWS = 32 output rows
+// (8 warps x IQ_MV_R = 4 rows) and a range of K blocks (split-K). For every
+// chunk of IQ_MV_CHUNK = 32 blocks (1024 columns) the MR activation rows are
+// staged once in shared memory as f32, laid out [MR][32 blocks][IQ_MV_LD = 36]
+// (4 floats of padding per block keep the per-lane float4 reads free of bank
+// conflicts); lane j of a warp loads block j of each of its 4 rows (one
+// 16 / 32-byte load per row, consecutive lanes on consecutive bytes of the
+// row) and accumulates all MR activation rows in registers, so every weight
+// byte is read once for any M <= MR.
+// Grid (ceil(N / 32), splits), block 256, dynamic shared MR * 32 * 36 * 4
+// bytes. Split y covers blocks [y * split_chunks * 32, (y + 1) * split_chunks
+// * 32). With one split the kernel writes out (+ bias); otherwise it writes
+// f32 partial sums part[splits, M, N] that int4_mv_reduce adds in split
+// order (deterministic).
+
+#define IQ_MV_WARPS 8
+#define IQ_MV_R 4
+#define IQ_MV_ROWS (IQ_MV_WARPS * IQ_MV_R)
+#define IQ_MV_CHUNK 32
+#define IQ_MV_LD 36
 
 template <int BITS, typename T, int MR>
 __device__ void iq_matvec(const uint8_t* __restrict__ qs, const uint32_t* __restrict__ sz,
                           const uint32_t* __restrict__ gtab, int ngroups,
                           const T* __restrict__ x, const void* __restrict__ bias, int bias_dt,
-                          void* __restrict__ out, int out_dt, int M, int N, int K) {
-    const int lane = threadIdx.x & 31;
-    const int row = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
-    if (row >= N) {
-        return;
-    }
-    const int m0 = blockIdx.y * MR;
+                          void* __restrict__ out, int out_dt, float* __restrict__ part, int M,
+                          int N, int K, int split_chunks) {
+    extern __shared__ __align__(16) float iq_xs[];
+    const int tid = threadIdx.x;
+    const int lane = tid & 31;
+    const int warp = tid >> 5;
     const int nb = K >> 5;
-    const T* xr[MR];
+    const int row0 = blockIdx.x * IQ_MV_ROWS + warp * IQ_MV_R;
+    const int bbeg = blockIdx.y * split_chunks * IQ_MV_CHUNK;
+    const int bend = min(nb, bbeg + split_chunks * IQ_MV_CHUNK);
+    int rows[IQ_MV_R];
+#pragma unroll
+    for (int r = 0; r < IQ_MV_R; ++r) {
+        rows[r] = min(row0 + r, N - 1);
+    }
+    float acc[MR][IQ_MV_R];
 #pragma unroll
     for (int m = 0; m < MR; ++m) {
-        xr[m] = x + (long long)min(m0 + m, M - 1) * K;
+#pragma unroll
+        for (int r = 0; r < IQ_MV_R; ++r) {
+            acc[m][r] = 0.0f;
+        }
     }
-    float acc[MR];
+    for (int cb = bbeg; cb < bend; cb += IQ_MV_CHUNK) {
+        const int b = cb + lane;
+        const bool active = b < bend;
+        uint32_t w[IQ_MV_R][8];
+        IqBlock p[IQ_MV_R];
+        if (active) {
+            const uint32_t g = gtab[b];
+#pragma unroll
+            for (int r = 0; r < IQ_MV_R; ++r) {
+                iq_load_block<BITS>(qs, rows[r], nb, b, w[r]);
+                const uint32_t v = sz[(long long)rows[r] * ngroups + g];
+                p[r].d = f16_bits_to_f32((uint16_t)(v & 0xffffu));
+                p[r].mn = 0.0f;
+                p[r].c = 8388608.0f + f16_bits_to_f32((uint16_t)(v >> 16));
+            }
+        }
+        for (int i = tid; i < MR * IQ_MV_CHUNK * 8; i += blockDim.x) {
+            const int m = i / (IQ_MV_CHUNK * 8);
+            const int q = i - m * (IQ_MV_CHUNK * 8);
+            const int blk = q >> 3;
+            const int off = (q & 7) * 4;
+            float4 v = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+            if (m < M && cb + blk < bend) {
+                v = iq_load4<T>(x + (long long)m * K + (long long)(cb + blk) * 32 + off);
+            }
+            *(float4*)&iq_xs[(m * IQ_MV_CHUNK + blk) * IQ_MV_LD + off] = v;
+        }
+        __syncthreads();
+        if (active) {
+#pragma unroll
+            for (int t = 0; t < 8; ++t) {
+                float4 wv[IQ_MV_R];
+#pragma unroll
+                for (int r = 0; r < IQ_MV_R; ++r) {
+                    wv[r] = iq_dequant_quad(iq_quad<BITS>(w[r], t), p[r]);
+                }
+#pragma unroll
+                for (int m = 0; m < MR; ++m) {
+                    if (m < M) {
+                        const float4 xv =
+                            *(const float4*)&iq_xs[(m * IQ_MV_CHUNK + lane) * IQ_MV_LD + 4 * t];
+#pragma unroll
+                        for (int r = 0; r < IQ_MV_R; ++r) {
+                            float a = acc[m][r];
+                            a = fmaf(wv[r].x, xv.x, a);
+                            a = fmaf(wv[r].y, xv.y, a);
+                            a = fmaf(wv[r].z, xv.z, a);
+                            a = fmaf(wv[r].w, xv.w, a);
+                            acc[m][r] = a;
+                        }
+                    }
+                }
+            }
+        }
+        __syncthreads();
+    }
+    // Warp sums (every lane holds them) go through shared memory so that
+    // lanes store different outputs.
+    float* red = iq_xs + warp * (MR * IQ_MV_R);
 #pragma unroll
     for (int m = 0; m < MR; ++m) {
-        acc[m] = 0.0f;
+#pragma unroll
+        for (int r = 0; r < IQ_MV_R; ++r) {
+            red[m * IQ_MV_R + r] = warp_sum(acc[m][r]);
+        }
     }
-    for (int b = lane; b < nb; b += 32) {
-        uint32_t w[8];
-        iq_load_block<BITS>(qs, row, nb, b, w);
-        IqBlock p = iq_block_params(sz, gtab, ngroups, row, b);
-#pragma unroll
-        for (int t = 0; t < 8; ++t) {
-            float4 wv = iq_dequant_quad(iq_quad<BITS>(w, t), p);
-#pragma unroll
-            for (int m = 0; m < MR; ++m) {
-                float4 xv = iq_load4<T>(xr[m] + b * 32 + 4 * t);
-                float a = acc[m];
-                a = fmaf(wv.x, xv.x, a);
-                a = fmaf(wv.y, xv.y, a);
-                a = fmaf(wv.z, xv.z, a);
-                a = fmaf(wv.w, xv.w, a);
-                acc[m] = a;
+    __syncwarp();
+    for (int i = lane; i < MR * IQ_MV_R; i += 32) {
+        const int m = i / IQ_MV_R;
+        const int row = row0 + (i - m * IQ_MV_R);
+        if (m < M && row < N) {
+            const float s = red[i];
+            if (gridDim.y == 1) {
+                const float bv = bias_dt >= 0 ? iq_load_dyn(bias, bias_dt, row) : 0.0f;
+                iq_store_dyn(out, out_dt, (long long)m * N + row, s + bv);
+            } else {
+                part[((long long)blockIdx.y * M + m) * N + row] = s;
             }
         }
     }
-    const float bv = bias_dt >= 0 ? iq_load_dyn(bias, bias_dt, row) : 0.0f;
-#pragma unroll
-    for (int m = 0; m < MR; ++m) {
-        float s = warp_sum(acc[m]);
-        if (lane == 0 && m0 + m < M) {
-            iq_store_dyn(out, out_dt, (long long)(m0 + m) * N + row, s + bv);
+}
+
+/// out[m, n] = sum over splits s (in order) of part[s, m, n] + bias[n].
+/// Grid-stride over M * N.
+__device__ void iq_mv_reduce(const float* __restrict__ part, int splits,
+                             const void* __restrict__ bias, int bias_dt, void* __restrict__ out,
+                             int out_dt, int M, int N) {
+    const long long total = (long long)M * N;
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < total;
+         i += (long long)gridDim.x * blockDim.x) {
+        float s = 0.0f;
+        for (int sp = 0; sp < splits; ++sp) {
+            s += part[(long long)sp * total + i];
         }
+        const int n = (int)(i % N);
+        const float bv = bias_dt >= 0 ? iq_load_dyn(bias, bias_dt, n) : 0.0f;
+        iq_store_dyn(out, out_dt, i, s + bv);
     }
 }
 
@@ -312,18 +405,20 @@ __device__ void iq_gather(const T* __restrict__ x, const int* __restrict__ perm,
 // Entry points.
 
 #define IQ_MV(NAME, BITS, T, MR)                                                                 \
-    extern "C" __global__ void __launch_bounds__(128)                                            \
+    extern "C" __global__ void __launch_bounds__(256)                                            \
         NAME(const uint8_t* qs, const uint32_t* sz, const uint32_t* gtab, int ngroups,           \
-             const T* x, const void* bias, int bias_dt, void* out, int out_dt, int M, int N,     \
-             int K) {                                                                            \
-        iq_matvec<BITS, T, MR>(qs, sz, gtab, ngroups, x, bias, bias_dt, out, out_dt, M, N, K);   \
+             const T* x, const void* bias, int bias_dt, void* out, int out_dt, float* part,      \
+             int M, int N, int K, int split_chunks) {                                            \
+        iq_matvec<BITS, T, MR>(qs, sz, gtab, ngroups, x, bias, bias_dt, out, out_dt, part, M, N, \
+                               K, split_chunks);                                                 \
     }
 
 #define IQ_MV_ALL(BITS, TNAME, T)                                                                \
     IQ_MV(int##BITS##_mv_##TNAME##_m1, BITS, T, 1)                                              \
     IQ_MV(int##BITS##_mv_##TNAME##_m2, BITS, T, 2)                                              \
     IQ_MV(int##BITS##_mv_##TNAME##_m4, BITS, T, 4)                                              \
-    IQ_MV(int##BITS##_mv_##TNAME##_m8, BITS, T, 8)
+    IQ_MV(int##BITS##_mv_##TNAME##_m8, BITS, T, 8)                                              \
+    IQ_MV(int##BITS##_mv_##TNAME##_m16, BITS, T, 16)
 
 #define IQ_MM(BITS, TNAME, T)                                                                    \
     extern "C" __global__ void __launch_bounds__(256)                                            \
@@ -343,6 +438,12 @@ __device__ void iq_gather(const T* __restrict__ x, const int* __restrict__ perm,
 
 IQ_BITS(4)
 IQ_BITS(8)
+
+extern "C" __global__ void __launch_bounds__(256)
+    int4_mv_reduce(const float* part, int splits, const void* bias, int bias_dt, void* out,
+                   int out_dt, int M, int N) {
+    iq_mv_reduce(part, splits, bias, bias_dt, out, out_dt, M, N);
+}
 
 extern "C" __global__ void int4_gather_f32(const float* x, const int* perm, float* y, int M,
                                            int K, int Kp) {

@@ -7,13 +7,15 @@
 //! A call scales the activations (static; dynamic per tensor: row maxima
 //! then one reduction; dynamic per token: row maxima), writes
 //! `e4m3(x / s)` as f32 into an `[M, Kp]` scratch, then runs the GEMM,
-//! which reads `N · Kp` weight bytes once per 8 activation rows (matvec) or
-//! per 64 (tiled).
+//! which reads `N · Kp` weight bytes once for M ≤ 16 (matvec) or once per 64
+//! activation rows (tiled).
 
 use hal::quant::fp8_w8a8::MIN_SCALE;
 use hal::{ActivationScale, Backend, HalError, PackedWeight, QuantWeights, Result};
 
-use super::{blocks, matvec_rows, part, stride_grid, suffix, Call, MATVEC_MAX_M};
+use super::{
+    blocks, launch_matvec, matvec_plan, part, stride_grid, suffix, Call, MatvecKernel, MATVEC_MAX_M,
+};
 use crate::device::{Arg, CudaDevice};
 use crate::sources::QUANT_FP8;
 
@@ -175,15 +177,25 @@ pub(crate) fn run(
         Arg::I32(kp as i32),
     ];
     if c.m <= MATVEC_MAX_M {
-        let mr = matvec_rows(c.m);
-        let f = dev.function(&QUANT_FP8, &format!("fp8_mv_m{mr}"))?;
-        dev.launch(
-            op,
-            &f,
-            (blocks(c.n, 4), blocks(c.m, mr as usize), 1),
-            (128, 1, 1),
-            0,
-            &args,
+        let plan = matvec_plan(c.m, c.n, kp / 32, dev.num_sms());
+        launch_matvec(
+            dev,
+            &MatvecKernel {
+                src: &QUANT_FP8,
+                name: &format!("fp8_mv_m{}", plan.mr),
+                reduce: "fp8_mv_reduce",
+            },
+            &[
+                Arg::Ptr(qw),
+                Arg::Ptr(ws),
+                Arg::Ptr(sptr),
+                Arg::F32(s_static),
+                Arg::I32(mode),
+            ],
+            xq.ptr(),
+            c,
+            kp,
+            &plan,
         )
     } else {
         let f = dev.function(&QUANT_FP8, "fp8_mm")?;

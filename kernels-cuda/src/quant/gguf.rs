@@ -13,7 +13,10 @@
 
 use hal::{Backend, DType, GgufType, HalError, PackedWeight, QuantSpec, Result};
 
-use super::{blocks, matvec_rows, part, suffix, vector_aligned, Call, MATVEC_MAX_M};
+use super::{
+    blocks, launch_matvec, matvec_plan, part, suffix, vector_aligned, Call, MatvecKernel,
+    MATVEC_MAX_M,
+};
 use crate::device::{Arg, CudaDevice};
 use crate::sources::QUANT_GGUF;
 
@@ -122,18 +125,19 @@ pub(crate) fn run(dev: &CudaDevice, ty: GgufType, w: &PackedWeight, c: &Call) ->
         Arg::I32(c.k as i32),
     ];
     if c.m <= MATVEC_MAX_M {
-        let mr = matvec_rows(c.m);
-        let f = dev.function(
-            &QUANT_GGUF,
-            &format!("gguf_mv_{}_{}_m{mr}", name(ty), suffix(xdt)),
-        )?;
-        dev.launch(
-            op,
-            &f,
-            (blocks(c.n, 4), blocks(c.m, mr as usize), 1),
-            (128, 1, 1),
-            0,
-            &args,
+        let plan = matvec_plan(c.m, c.n, c.k / 32, dev.num_sms());
+        launch_matvec(
+            dev,
+            &MatvecKernel {
+                src: &QUANT_GGUF,
+                name: &format!("gguf_mv_{}_{}_m{}", name(ty), suffix(xdt), plan.mr),
+                reduce: "gguf_mv_reduce",
+            },
+            &[Arg::Ptr(qs), Arg::Ptr(dm)],
+            x,
+            c,
+            c.k,
+            &plan,
         )
     } else {
         let f = dev.function(

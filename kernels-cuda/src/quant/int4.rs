@@ -22,8 +22,8 @@ use hal::{Backend, DType, HalError, PackedWeight, QuantWeights, Result};
 use half::f16;
 
 use super::{
-    blocks, matvec_rows, part, scalar_usize, stride_grid, suffix, vector_aligned, Call,
-    MATVEC_MAX_M,
+    blocks, launch_matvec, matvec_plan, part, scalar_usize, stride_grid, suffix, vector_aligned,
+    Call, MatvecKernel, MATVEC_MAX_M,
 };
 use crate::device::{Arg, CudaDevice};
 use crate::sources::QUANT_INT4;
@@ -317,15 +317,24 @@ pub(crate) fn run(dev: &CudaDevice, w: &PackedWeight, c: &Call) -> Result<()> {
         Arg::I32(kp as i32),
     ];
     if c.m <= MATVEC_MAX_M {
-        let mr = matvec_rows(c.m);
-        let f = dev.function(&QUANT_INT4, &format!("int{bits}_mv_{}_m{mr}", suffix(xdt)))?;
-        dev.launch(
-            op,
-            &f,
-            (blocks(c.n, 4), blocks(c.m, mr as usize), 1),
-            (128, 1, 1),
-            0,
-            &args,
+        let plan = matvec_plan(c.m, c.n, nb, dev.num_sms());
+        launch_matvec(
+            dev,
+            &MatvecKernel {
+                src: &QUANT_INT4,
+                name: &format!("int{bits}_mv_{}_m{}", suffix(xdt), plan.mr),
+                reduce: "int4_mv_reduce",
+            },
+            &[
+                Arg::Ptr(qs),
+                Arg::Ptr(sz),
+                Arg::Ptr(gtab),
+                Arg::I32(groups as i32),
+            ],
+            x,
+            c,
+            kp,
+            &plan,
         )
     } else {
         let f = dev.function(&QUANT_INT4, &format!("int{bits}_mm_{}", suffix(xdt)))?;
