@@ -168,11 +168,13 @@ fn compile(
 
 /// The full text NVRTC sees for `src`.
 fn full_source(src: &KernelSource) -> String {
-    format!(
-        "{PRELUDE}\n#line 1 \"{name}.cu\"\n{code}",
-        name = src.name,
-        code = src.code
-    )
+    let mut text = String::from(PRELUDE);
+    for header in src.headers {
+        text.push('\n');
+        text.push_str(header);
+    }
+    text.push_str(&format!("\n#line 1 \"{}.cu\"\n{}", src.name, src.code));
+    text
 }
 
 /// Compile `src` for `arch` (e.g. `compute_90a`) to PTX, without the cache.

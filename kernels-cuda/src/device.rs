@@ -345,6 +345,22 @@ impl CudaDevice {
         Ok(f)
     }
 
+    /// Kernel `func` of `src` (see [`CudaDevice::function`]), allowed
+    /// `smem` bytes of dynamic shared memory (opting in above 48 KiB).
+    pub(crate) fn function_with_smem(
+        &self,
+        op: &'static str,
+        src: &'static KernelSource,
+        func: &str,
+        smem: u32,
+    ) -> Result<Function> {
+        let f = self.function(src, func)?;
+        if smem > 48 << 10 {
+            self.set_max_dynamic_shared(op, &f, smem)?;
+        }
+        Ok(f)
+    }
+
     /// Allow `f` up to `bytes` of dynamic shared memory (needed above 48 KiB).
     pub(crate) fn set_max_dynamic_shared(
         &self,

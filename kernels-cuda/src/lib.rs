@@ -144,19 +144,6 @@ pub fn factory() -> BackendFactory {
     }
 }
 
-/// Compile every kernel source with NVRTC for `arch` (`compute_80`,
-/// `compute_89`, `compute_90a`, …) without a GPU; returns each source's name
-/// and PTX size. Used by the compile checks and by `kiln` to pre-fill the
-/// PTX cache.
-pub fn compile_all(arch: &str) -> std::result::Result<Vec<(&'static str, usize)>, String> {
-    let mut out = Vec::new();
-    for src in sources::ALL.iter() {
-        let ptx = compile::compile_ptx(src, arch).map_err(|e| e.to_string())?;
-        out.push((src.name, ptx.len()));
-    }
-    Ok(out)
-}
-
 /// Compile every kernel source for `target` into the on-disk cache
 /// (`$KILN_CUDA_CACHE`, else `~/.cache/kiln/cuda`): CUBINs for a real
 /// architecture (`sm_90a`), PTX for a virtual one (`compute_90a`), so a GPU

@@ -309,13 +309,12 @@ pub(crate) fn paged_attention(dev: &CudaDevice, args: PagedAttentionArgs<'_>) ->
 
     let smem = smem_bytes(s.dtype.bytes_for(1), d);
     let qn = suffix(args.q.dtype);
-    let f = dev.function(
+    let f = dev.function_with_smem(
+        op,
         &PAGED_ATTENTION,
         &format!("paged_attention_{qn}_{}_hd{d}", suffix(s.dtype)),
+        smem as u32,
     )?;
-    if smem > 48 << 10 {
-        dev.set_max_dynamic_shared(op, &f, smem as u32)?;
-    }
 
     let q = dev.ptr(op, &args.q)?;
     let out = dev.ptr_mut(op, &args.out)?;
@@ -440,13 +439,12 @@ pub(crate) fn flash_attention(dev: &CudaDevice, args: FlashAttentionArgs<'_>) ->
     let gx = grid_dim(dev, op, "batch × query tiles", b * qtiles, i32::MAX as u32)?;
     let gy = grid_dim(dev, op, "KV heads × head tiles", hkv * head_tiles, 65535)?;
     let smem = smem_bytes(args.q.dtype.bytes_for(1), d);
-    let f = dev.function(
+    let f = dev.function_with_smem(
+        op,
         &FLASH_ATTENTION,
         &format!("flash_attention_{}_hd{d}", suffix(args.q.dtype)),
+        smem as u32,
     )?;
-    if smem > 48 << 10 {
-        dev.set_max_dynamic_shared(op, &f, smem as u32)?;
-    }
     dev.launch(
         op,
         &f,
@@ -507,13 +505,12 @@ fn flash_attention_mma(
     )?;
     let gy = grid_dim(dev, op, "batch", b, GRID_YZ as u32)?;
     let smem = mma_smem_bytes(d);
-    let f = dev.function(
+    let f = dev.function_with_smem(
+        op,
         &FLASH_ATTENTION,
         &format!("flash_attention_mma_{}_hd{d}", suffix(args.q.dtype)),
+        smem as u32,
     )?;
-    if smem > 48 << 10 {
-        dev.set_max_dynamic_shared(op, &f, smem as u32)?;
-    }
     dev.launch(
         op,
         &f,

@@ -8,31 +8,6 @@
 //
 // Runtime dtype codes: 0 f32, 1 f16, 2 bf16; bias code -1 means no bias.
 
-/// Element `i` of a buffer of runtime dtype `dt`.
-__device__ __forceinline__ float fp_load_dyn(const void* p, int dt, long long i) {
-    if (dt == 1) {
-        return to_f32(((const kiln_f16*)p)[i]);
-    }
-    if (dt == 2) {
-        return to_f32(((const kiln_bf16*)p)[i]);
-    }
-    return ((const float*)p)[i];
-}
-
-/// Store `v` as element `i` of a buffer of runtime dtype `dt`.
-__device__ __forceinline__ void fp_store_dyn(void* p, int dt, long long i, float v) {
-    if (dt == 1) {
-        ((kiln_f16*)p)[i] = from_f32<kiln_f16>(v);
-    } else if (dt == 2) {
-        ((kiln_bf16*)p)[i] = from_f32<kiln_bf16>(v);
-    } else {
-        ((float*)p)[i] = v;
-    }
-}
-
-/// Four consecutive f32 activations starting at `p` (16-byte aligned).
-__device__ __forceinline__ float4 fp_load4(const float* p) { return *(const float4*)p; }
-
 /// The 32 E4M3 bytes of row `row`, block `b`, as 8 words.
 __device__ __forceinline__ void fp_load_block(const uint8_t* __restrict__ qs, int row, int nb,
                                               int b, uint32_t* w) {
@@ -144,7 +119,7 @@ __device__ void fp_matvec(const uint8_t* __restrict__ qs, const float* __restric
             const int off = (q & 7) * 4;
             float4 v = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
             if (m < M && cb + blk < bend) {
-                v = fp_load4(x + (long long)m * K + (long long)(cb + blk) * 32 + off);
+                v = qc_load4(x + (long long)m * K + (long long)(cb + blk) * 32 + off);
             }
             *(float4*)&fp_xs[(m * FP_MV_CHUNK + blk) * FP_MV_LD + off] = v;
         }
@@ -195,8 +170,8 @@ __device__ void fp_matvec(const uint8_t* __restrict__ qs, const float* __restric
             const float s = red[i] * 256.0f * fp_row_scale(xscale, xs_static, xs_mode, m) *
                             wscale[row];
             if (gridDim.y == 1) {
-                const float bv = bias_dt >= 0 ? fp_load_dyn(bias, bias_dt, row) : 0.0f;
-                fp_store_dyn(out, out_dt, (long long)m * N + row, s + bv);
+                const float bv = bias_dt >= 0 ? qc_load_dyn(bias, bias_dt, row) : 0.0f;
+                qc_store_dyn(out, out_dt, (long long)m * N + row, s + bv);
             } else {
                 part[((long long)blockIdx.y * M + m) * N + row] = s;
             }
@@ -217,8 +192,8 @@ __device__ void fp_mv_reduce(const float* __restrict__ part, int splits,
             s += part[(long long)sp * total + i];
         }
         const int n = (int)(i % N);
-        const float bv = bias_dt >= 0 ? fp_load_dyn(bias, bias_dt, n) : 0.0f;
-        fp_store_dyn(out, out_dt, i, s + bv);
+        const float bv = bias_dt >= 0 ? qc_load_dyn(bias, bias_dt, n) : 0.0f;
+        qc_store_dyn(out, out_dt, i, s + bv);
     }
 }
 
@@ -258,8 +233,8 @@ __device__ void fp_matmul(const uint8_t* __restrict__ qs, const float* __restric
         }
     }
     for (int b = 0; b < nb; ++b) {
-        float4 a0 = fp_load4(xp + b * 32);
-        float4 a1 = fp_load4(xp + b * 32 + 4);
+        float4 a0 = qc_load4(xp + b * 32);
+        float4 a1 = qc_load4(xp + b * 32 + 4);
         if (!xvalid) {
             a0 = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
             a1 = a0;
@@ -309,14 +284,14 @@ __device__ void fp_matmul(const uint8_t* __restrict__ qs, const float* __restric
         if (n >= N) {
             continue;
         }
-        const float bv = bias_dt >= 0 ? fp_load_dyn(bias, bias_dt, n) : 0.0f;
+        const float bv = bias_dt >= 0 ? qc_load_dyn(bias, bias_dt, n) : 0.0f;
 #pragma unroll
         for (int i = 0; i < 4; ++i) {
             const int m = m0 + ty * 4 + i;
             if (m < M) {
                 const float rs = fp_row_scale(xscale, xs_static, xs_mode, m);
                 const float v = acc[i][j] * 256.0f * rs * wscale[n];
-                fp_store_dyn(out, out_dt, (long long)m * N + n, v + bv);
+                qc_store_dyn(out, out_dt, (long long)m * N + n, v + bv);
             }
         }
     }

@@ -15,56 +15,6 @@
 #define FMT_Q4_1 1
 #define FMT_Q8_0 2
 
-/// Element `i` of a buffer of runtime dtype `dt`.
-__device__ __forceinline__ float gq_load_dyn(const void* p, int dt, long long i) {
-    if (dt == 1) {
-        return to_f32(((const kiln_f16*)p)[i]);
-    }
-    if (dt == 2) {
-        return to_f32(((const kiln_bf16*)p)[i]);
-    }
-    return ((const float*)p)[i];
-}
-
-/// Store `v` as element `i` of a buffer of runtime dtype `dt`.
-__device__ __forceinline__ void gq_store_dyn(void* p, int dt, long long i, float v) {
-    if (dt == 1) {
-        ((kiln_f16*)p)[i] = from_f32<kiln_f16>(v);
-    } else if (dt == 2) {
-        ((kiln_bf16*)p)[i] = from_f32<kiln_bf16>(v);
-    } else {
-        ((float*)p)[i] = v;
-    }
-}
-
-/// Four consecutive activations starting at `p` (16-byte aligned for f32,
-/// 8-byte aligned for f16 / bf16).
-template <typename T> __device__ __forceinline__ float4 gq_load4(const T* p);
-
-template <> __device__ __forceinline__ float4 gq_load4<float>(const float* p) {
-    return *(const float4*)p;
-}
-
-template <> __device__ __forceinline__ float4 gq_load4<kiln_f16>(const kiln_f16* p) {
-    uint2 u = *(const uint2*)p;
-    float4 r;
-    r.x = f16_bits_to_f32((uint16_t)(u.x & 0xffffu));
-    r.y = f16_bits_to_f32((uint16_t)(u.x >> 16));
-    r.z = f16_bits_to_f32((uint16_t)(u.y & 0xffffu));
-    r.w = f16_bits_to_f32((uint16_t)(u.y >> 16));
-    return r;
-}
-
-template <> __device__ __forceinline__ float4 gq_load4<kiln_bf16>(const kiln_bf16* p) {
-    uint2 u = *(const uint2*)p;
-    float4 r;
-    r.x = __uint_as_float(u.x << 16);
-    r.y = __uint_as_float(u.x & 0xffff0000u);
-    r.z = __uint_as_float(u.y << 16);
-    r.w = __uint_as_float(u.y & 0xffff0000u);
-    return r;
-}
-
 /// Per-block dequantisation parameters: value = fma(byte_value - c, d, mn)
 /// where byte_value is the (possibly sign-flipped) byte read through the
 /// 2^23 magic exponent, so `c` = 2^23 + offset.
@@ -208,7 +158,7 @@ __device__ void gq_matvec(const uint8_t* __restrict__ qs, const void* __restrict
             const int off = (q & 7) * 4;
             float4 v = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
             if (m < M && cb + blk < bend) {
-                v = gq_load4<T>(x + (long long)m * K + (long long)(cb + blk) * 32 + off);
+                v = qc_load4<T>(x + (long long)m * K + (long long)(cb + blk) * 32 + off);
             }
             *(float4*)&gq_xs[(m * GQ_MV_CHUNK + blk) * GQ_MV_LD + off] = v;
         }
@@ -258,8 +208,8 @@ __device__ void gq_matvec(const uint8_t* __restrict__ qs, const void* __restrict
         if (m < M && row < N) {
             const float s = red[i];
             if (gridDim.y == 1) {
-                const float bv = bias_dt >= 0 ? gq_load_dyn(bias, bias_dt, row) : 0.0f;
-                gq_store_dyn(out, out_dt, (long long)m * N + row, s + bv);
+                const float bv = bias_dt >= 0 ? qc_load_dyn(bias, bias_dt, row) : 0.0f;
+                qc_store_dyn(out, out_dt, (long long)m * N + row, s + bv);
             } else {
                 part[((long long)blockIdx.y * M + m) * N + row] = s;
             }
@@ -280,8 +230,8 @@ __device__ void gq_mv_reduce(const float* __restrict__ part, int splits,
             s += part[(long long)sp * total + i];
         }
         const int n = (int)(i % N);
-        const float bv = bias_dt >= 0 ? gq_load_dyn(bias, bias_dt, n) : 0.0f;
-        gq_store_dyn(out, out_dt, i, s + bv);
+        const float bv = bias_dt >= 0 ? qc_load_dyn(bias, bias_dt, n) : 0.0f;
+        qc_store_dyn(out, out_dt, i, s + bv);
     }
 }
 
@@ -320,8 +270,8 @@ __device__ void gq_matmul(const uint8_t* __restrict__ qs, const void* __restrict
         }
     }
     for (int b = 0; b < nb; ++b) {
-        float4 a0 = gq_load4<T>(xp + b * 32);
-        float4 a1 = gq_load4<T>(xp + b * 32 + 4);
+        float4 a0 = qc_load4<T>(xp + b * 32);
+        float4 a1 = qc_load4<T>(xp + b * 32 + 4);
         if (!xvalid) {
             a0 = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
             a1 = a0;
@@ -372,12 +322,12 @@ __device__ void gq_matmul(const uint8_t* __restrict__ qs, const void* __restrict
         if (n >= N) {
             continue;
         }
-        const float bv = bias_dt >= 0 ? gq_load_dyn(bias, bias_dt, n) : 0.0f;
+        const float bv = bias_dt >= 0 ? qc_load_dyn(bias, bias_dt, n) : 0.0f;
 #pragma unroll
         for (int i = 0; i < 4; ++i) {
             const int m = m0 + ty * 4 + i;
             if (m < M) {
-                gq_store_dyn(out, out_dt, (long long)m * N + n, acc[i][j] + bv);
+                qc_store_dyn(out, out_dt, (long long)m * N + n, acc[i][j] + bv);
             }
         }
     }

@@ -298,10 +298,7 @@ pub(crate) fn launch_matvec(
     plan: &MatvecPlan,
 ) -> Result<()> {
     let op = "quant_gemm";
-    let f = dev.function(kern.src, kern.name)?;
-    if plan.smem > 48 * 1024 {
-        dev.set_max_dynamic_shared(op, &f, plan.smem)?;
-    }
+    let f = dev.function_with_smem(op, kern.src, kern.name, plan.smem)?;
     let partials = if plan.splits > 1 {
         Some(dev.scratch(op, plan.splits as usize * c.m * c.n * 4)?)
     } else {
