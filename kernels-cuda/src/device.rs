@@ -259,14 +259,15 @@ impl CudaDevice {
         })
     }
 
-    /// The NVRTC target architecture (`compute_90a`, …).
-    pub fn arch(&self) -> &str {
-        &self.arch
-    }
-
     /// Streaming multiprocessors.
     pub(crate) fn num_sms(&self) -> u32 {
         self.sms
+    }
+
+    /// Blocks of 256 threads for a grid-stride loop over `n` elements: enough
+    /// to cover them, at most 8 per SM.
+    pub(crate) fn stride_grid(&self, n: usize) -> u32 {
+        n.div_ceil(256).clamp(1, self.sms as usize * 8) as u32
     }
 
     pub(crate) fn bind(&self, op: &'static str) -> Result<()> {
@@ -282,15 +283,6 @@ impl CudaDevice {
 
     pub(crate) fn driver_err(&self, op: &'static str, what: &str, e: DriverError) -> HalError {
         HalError::device(&self.name, op, format!("{what}: {e}"))
-    }
-
-    /// Compile (or load from the disk cache) and load every kernel source, so
-    /// the first request pays nothing; returns the sources loaded.
-    pub fn warm_up(&self) -> Result<usize> {
-        for src in crate::sources::ALL.iter() {
-            self.module(src, "warm_up")?;
-        }
-        Ok(crate::sources::ALL.len())
     }
 
     fn module(&self, src: &'static KernelSource, op: &'static str) -> Result<sys::CUmodule> {

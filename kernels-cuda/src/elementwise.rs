@@ -6,7 +6,7 @@ use hal::{
 };
 
 use crate::device::{Arg, CudaDevice};
-use crate::gemm::{dt_code, stride_grid, suffix};
+use crate::gemm::{dt_code, suffix};
 use crate::sources::ELEMENTWISE;
 
 /// Threads of the one-block-per-row kernels for rows of `width` elements.
@@ -100,7 +100,7 @@ pub(crate) fn silu_and_mul(dev: &CudaDevice, args: SiluAndMulArgs<'_>) -> Result
     dev.launch(
         op,
         &f,
-        (stride_grid(dev, t * i), 1, 1),
+        (dev.stride_grid(t * i), 1, 1),
         (256, 1, 1),
         0,
         &[
@@ -162,7 +162,7 @@ pub(crate) fn add(dev: &CudaDevice, args: AddArgs<'_>) -> Result<()> {
     dev.launch(
         op,
         &f,
-        (stride_grid(dev, r * n), 1, 1),
+        (dev.stride_grid(r * n), 1, 1),
         (256, 1, 1),
         0,
         &[

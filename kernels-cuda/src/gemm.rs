@@ -103,12 +103,6 @@ pub(crate) fn suffix(d: DType) -> &'static str {
     }
 }
 
-/// Grid size of a grid-stride kernel over `n` elements with 256 threads.
-pub(crate) fn stride_grid(dev: &CudaDevice, n: usize) -> u32 {
-    let blocks = n.div_ceil(256).max(1);
-    blocks.min(dev.num_sms() as usize * 8).max(1) as u32
-}
-
 /// Run [`GemmArgs`].
 pub(crate) fn gemm(dev: &CudaDevice, args: GemmArgs<'_>) -> Result<()> {
     let op = "gemm";
@@ -186,7 +180,7 @@ pub(crate) fn gemm(dev: &CudaDevice, args: GemmArgs<'_>) -> Result<()> {
         dev.launch(
             op,
             &f,
-            (stride_grid(dev, m * n), 1, 1),
+            (dev.stride_grid(m * n), 1, 1),
             (256, 1, 1),
             0,
             &[

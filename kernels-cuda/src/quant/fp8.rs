@@ -13,9 +13,7 @@
 use hal::quant::fp8_w8a8::MIN_SCALE;
 use hal::{ActivationScale, Backend, HalError, PackedWeight, QuantWeights, Result};
 
-use super::{
-    blocks, launch_matvec, matvec_plan, part, stride_grid, suffix, Call, MatvecKernel, MATVEC_MAX_M,
-};
+use super::{blocks, launch_matvec, matvec_plan, part, suffix, Call, MatvecKernel, MATVEC_MAX_M};
 use crate::device::{Arg, CudaDevice};
 use crate::sources::QUANT_FP8;
 
@@ -147,7 +145,7 @@ pub(crate) fn run(
     dev.launch(
         op,
         &f,
-        (stride_grid(total), 1, 1),
+        (dev.stride_grid(total), 1, 1),
         (256, 1, 1),
         0,
         &[

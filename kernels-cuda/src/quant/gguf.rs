@@ -103,7 +103,7 @@ pub(crate) fn run(dev: &CudaDevice, ty: GgufType, w: &PackedWeight, c: &Call) ->
         dev.launch(
             op,
             &f,
-            (super::stride_grid(total), 1, 1),
+            (dev.stride_grid(total), 1, 1),
             (256, 1, 1),
             0,
             &[Arg::Ptr(c.x), Arg::Ptr(s.ptr()), Arg::I64(total as i64)],

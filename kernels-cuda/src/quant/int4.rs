@@ -22,8 +22,8 @@ use hal::{Backend, DType, HalError, PackedWeight, QuantWeights, Result};
 use half::f16;
 
 use super::{
-    blocks, launch_matvec, matvec_plan, part, scalar_usize, stride_grid, suffix, vector_aligned,
-    Call, MatvecKernel, MATVEC_MAX_M,
+    blocks, launch_matvec, matvec_plan, part, scalar_usize, suffix, vector_aligned, Call,
+    MatvecKernel, MATVEC_MAX_M,
 };
 use crate::device::{Arg, CudaDevice};
 use crate::sources::QUANT_INT4;
@@ -284,7 +284,7 @@ pub(crate) fn run(dev: &CudaDevice, w: &PackedWeight, c: &Call) -> Result<()> {
         dev.launch(
             op,
             &f,
-            (stride_grid(total), 1, 1),
+            (dev.stride_grid(total), 1, 1),
             (256, 1, 1),
             0,
             &[

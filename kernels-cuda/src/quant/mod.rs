@@ -331,7 +331,7 @@ pub(crate) fn launch_matvec(
         dev.launch(
             op,
             &r,
-            (stride_grid(c.m * c.n), 1, 1),
+            (dev.stride_grid(c.m * c.n), 1, 1),
             (256, 1, 1),
             0,
             &[
@@ -402,11 +402,6 @@ pub(crate) fn kernel_names(source: &str) -> Vec<String> {
 /// `ceil(a / b)` as a grid dimension.
 pub(crate) fn blocks(a: usize, b: usize) -> u32 {
     a.div_ceil(b) as u32
-}
-
-/// Grid size for a grid-stride loop over `total` elements, 256 threads a block.
-pub(crate) fn stride_grid(total: usize) -> u32 {
-    total.div_ceil(256).clamp(1, 65_536) as u32
 }
 
 /// Device address of part `i` of `w`, checked to hold at least `bytes`.
