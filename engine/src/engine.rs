@@ -233,7 +233,12 @@ impl Engine {
         self.runner.model().config()
     }
 
-    /// The model runner (device, cache spec).
+    /// The model runner, mutable (e.g. to set an activation tap).
+    pub fn runner_mut(&mut self) -> &mut ModelRunner {
+        &mut self.runner
+    }
+
+    /// The model runner.
     pub fn runner(&self) -> &ModelRunner {
         &self.runner
     }

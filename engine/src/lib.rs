@@ -41,6 +41,8 @@ pub mod detok;
 pub mod engine;
 pub mod kv;
 pub mod model;
+pub mod perplexity;
+pub mod quantize;
 pub mod runner;
 pub mod sampler;
 pub mod scheduler;

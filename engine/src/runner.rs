@@ -77,6 +77,11 @@ impl ModelRunner {
         })
     }
 
+    /// The model, to change how it runs (e.g. [`LlamaModel::set_tap`]).
+    pub fn model_mut(&mut self) -> &mut LlamaModel {
+        &mut self.model
+    }
+
     /// The model.
     pub fn model(&self) -> &LlamaModel {
         &self.model

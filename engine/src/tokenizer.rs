@@ -411,6 +411,47 @@ impl Tokenizer {
         })
     }
 
+    /// Write this tokenizer as a Hugging Face directory holds it:
+    /// `tokenizer.json`, `tokenizer_config.json` (BOS/EOS/pad strings,
+    /// `add_bos_token`, chat template) and `generation_config.json` (every
+    /// EOS id). [`Tokenizer::from_hf_dir`] reads them back to an equal
+    /// tokenizer.
+    pub fn write_hf_files(&self, dir: &Path) -> Result<(), TokenizerError> {
+        let io = |file: &Path, error: io::Error| TokenizerError::Io {
+            file: file.display().to_string(),
+            error,
+        };
+        let tokenizer_path = dir.join("tokenizer.json");
+        self.inner
+            .save(&tokenizer_path, false)
+            .map_err(|e| TokenizerError::Build {
+                file: tokenizer_path.display().to_string(),
+                message: e.to_string(),
+            })?;
+        let pad = self.pad_token_id.and_then(|id| self.inner.id_to_token(id));
+        let config = serde_json::json!({
+            "bos_token": self.bos_token,
+            "eos_token": self.eos_token,
+            "pad_token": pad,
+            "add_bos_token": self.add_bos,
+            "add_eos_token": self.add_eos,
+            "chat_template": self.chat_template,
+        });
+        let generation = serde_json::json!({
+            "bos_token_id": self.bos_token_id,
+            "eos_token_id": self.eos_token_ids,
+        });
+        for (name, value) in [
+            ("tokenizer_config.json", config),
+            ("generation_config.json", generation),
+        ] {
+            let path = dir.join(name);
+            let text = serde_json::to_string_pretty(&value).unwrap_or_default();
+            fs::write(&path, text).map_err(|e| io(&path, e))?;
+        }
+        Ok(())
+    }
+
     /// Token ids of `text`. Special-token strings in the text (`<|im_end|>`)
     /// always become their single id; `add_special_tokens` adds BOS (and EOS)
     /// where the model asks for them.

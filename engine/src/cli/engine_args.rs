@@ -72,6 +72,25 @@ pub(crate) struct EngineArgs {
 }
 
 impl EngineArgs {
+    /// The settings a calibration run uses: `model` on the CPU backend, f32
+    /// activations, exact quantised GEMMs, no prefix caching.
+    pub fn for_calibration(model: PathBuf) -> EngineArgs {
+        EngineArgs {
+            model: Some(model),
+            device: "cpu".into(),
+            dtype: "f32".into(),
+            precision: "exact".into(),
+            eager: true,
+            kv_cache_memory: "256MiB".into(),
+            kv_cache_dtype: "f32".into(),
+            block_size: 16,
+            no_prefix_caching: true,
+            max_num_seqs: 1,
+            max_num_batched_tokens: 2048,
+            max_model_len: None,
+        }
+    }
+
     /// The engine configuration these flags describe.
     pub fn config(&self) -> Result<EngineConfig, Failure> {
         let bad = |m: String| Failure::cannot_run(anyhow!(m));

@@ -12,7 +12,10 @@
 //! * `kiln serve` (module `serve`): the OpenAI-compatible server;
 //! * `kiln download` (module `download`): fetch the default model;
 //! * `kiln parity --device NAME` (module `parity`): one model on two devices,
-//!   logits compared.
+//!   logits compared;
+//! * `kiln quantize --method M --out PATH` (module `quantize`): write a model
+//!   as AWQ, GPTQ, FP8, Q4_0 or Q8_0;
+//! * `kiln perplexity --text FILE` (module `perplexity`): perplexity on a text.
 //!
 //! Exit codes: `0` success; `1` the command ran and found a problem (a
 //! conformance case failed) or hit an unexpected error; `2` the command could
@@ -26,6 +29,8 @@ mod download;
 mod engine_args;
 mod generate;
 mod parity;
+mod perplexity;
+mod quantize;
 mod serve;
 
 use std::any::Any;
@@ -78,6 +83,11 @@ enum Command {
     /// cpu) and compare their logits: prefill, token-by-token decode and a
     /// greedy batch (exit 1 beyond `--tolerance`).
     Parity(Box<parity::ParityArgs>),
+    /// Write a model as AWQ, GPTQ or FP8 (Hugging Face directories) or
+    /// Q4_0 / Q8_0 (GGUF), round-to-nearest or calibrated on a text.
+    Quantize(Box<quantize::QuantizeArgs>),
+    /// Perplexity of a model on a text (sliding window).
+    Perplexity(Box<perplexity::PerplexityArgs>),
 }
 
 /// Parse the process's command line and run it against `registry`.
@@ -115,6 +125,8 @@ where
         Command::Download(args) => download::run(&args),
         Command::Serve(args) => serve::run(&registry, &args),
         Command::Parity(args) => parity::run(&registry, &args),
+        Command::Quantize(args) => quantize::run(&registry, &args),
+        Command::Perplexity(args) => perplexity::run(&registry, &args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

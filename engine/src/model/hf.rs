@@ -11,6 +11,7 @@ use memmap2::Mmap;
 use safetensors::tensor::Metadata;
 use safetensors::{Dtype as StDtype, SafeTensors};
 
+use super::hf_quant::{HfQuant, QuantizedSource};
 use super::{Checkpoint, HostWeight, LoadError, ModelConfig, WeightSource};
 use crate::tokenizer::Tokenizer;
 
@@ -41,27 +42,36 @@ pub fn open(dir: &Path) -> Result<Checkpoint, LoadError> {
             file: config_file.clone(),
             msg: format!("invalid JSON: {e}"),
         })?;
-    if let Some(q) = json.get("quantization_config") {
-        let method = q
-            .get("quant_method")
-            .and_then(|m| m.as_str())
-            .unwrap_or("unknown");
-        return Err(LoadError::Unsupported {
-            file: config_file,
-            what: format!(
-                "quantised Hugging Face checkpoint (quant_method {method:?}); use a GGUF file or an unquantised directory"
-            ),
-        });
-    }
+    let quant = match json.get("quantization_config") {
+        Some(q) if !q.is_null() => Some(HfQuant::parse(&config_file, q)?),
+        _ => None,
+    };
     let config = ModelConfig::from_hf_json(&config_file, &json)?;
     let tokenizer = Tokenizer::from_hf_dir(dir)?;
     let source = SafetensorsSource::open(dir)?;
+    let source: Box<dyn WeightSource> = match quant {
+        Some(q) => Box::new(QuantizedSource::new(source, q)),
+        None => Box::new(source),
+    };
     Ok(Checkpoint {
         path: dir.to_path_buf(),
         config,
         tokenizer,
-        source: Box::new(source),
+        source,
     })
+}
+
+/// One tensor of a shard as stored: its dtype, shape and bytes.
+#[derive(Debug)]
+pub struct RawTensor<'a> {
+    /// The shard file, for messages.
+    pub file: &'a str,
+    /// Stored element type.
+    pub dtype: StDtype,
+    /// Dimensions, outermost first.
+    pub shape: Vec<usize>,
+    /// Little-endian element bytes.
+    pub bytes: &'a [u8],
 }
 
 impl SafetensorsSource {
@@ -157,6 +167,42 @@ impl SafetensorsSource {
     }
 }
 
+impl SafetensorsSource {
+    /// A tensor as stored (any dtype); `Ok(None)` when it does not exist.
+    pub fn raw(&self, name: &str) -> Result<Option<RawTensor<'_>>, LoadError> {
+        let Some(&i) = self.index.get(name) else {
+            return Ok(None);
+        };
+        let shard = &self.shards[i];
+        let err = |msg: String| LoadError::tensor(&shard.name, name, msg);
+        let info = shard
+            .metadata
+            .info(name)
+            .ok_or_else(|| err("listed but not found".into()))?;
+        let (start, end) = info.data_offsets;
+        let base = 8 + shard.header_len;
+        let bytes = shard
+            .mmap
+            .get(base + start..base + end)
+            .ok_or_else(|| err(format!("data {start}..{end} lies outside the file")))?;
+        let numel: usize = info.shape.iter().product();
+        if bytes.len() * 8 != numel * info.dtype.bitsize() {
+            return Err(err(format!(
+                "{} bytes for {:?} {:?}",
+                bytes.len(),
+                info.dtype,
+                info.shape
+            )));
+        }
+        Ok(Some(RawTensor {
+            file: &shard.name,
+            dtype: info.dtype,
+            shape: info.shape.clone(),
+            bytes,
+        }))
+    }
+}
+
 impl WeightSource for SafetensorsSource {
     fn origin(&self) -> &str {
         &self.origin
@@ -167,43 +213,25 @@ impl WeightSource for SafetensorsSource {
     }
 
     fn load(&self, name: &str) -> Result<Option<HostWeight>, LoadError> {
-        let Some(&i) = self.index.get(name) else {
+        let Some(t) = self.raw(name)? else {
             return Ok(None);
         };
-        let shard = &self.shards[i];
-        let err = |msg: String| LoadError::tensor(&shard.name, name, msg);
-        let info = shard
-            .metadata
-            .info(name)
-            .ok_or_else(|| err("listed but not found".into()))?;
-        let dtype = match info.dtype {
+        let dtype = match t.dtype {
             StDtype::F32 => DType::F32,
             StDtype::F16 => DType::F16,
             StDtype::BF16 => DType::BF16,
             other => {
-                return Err(err(format!(
-                    "dtype {other:?} is not supported here (F32, F16, BF16)"
-                )))
+                return Err(LoadError::tensor(
+                    t.file,
+                    name,
+                    format!("dtype {other:?} is not supported here (F32, F16, BF16)"),
+                ))
             }
         };
-        let (start, end) = info.data_offsets;
-        let base = 8 + shard.header_len;
-        let bytes = shard
-            .mmap
-            .get(base + start..base + end)
-            .ok_or_else(|| err(format!("data {start}..{end} lies outside the file")))?;
-        let numel: usize = info.shape.iter().product();
-        if bytes.len() != dtype.bytes_for(numel) {
-            return Err(err(format!(
-                "{} bytes for shape {:?}",
-                bytes.len(),
-                info.shape
-            )));
-        }
         Ok(Some(HostWeight::Dense {
             dtype,
-            shape: info.shape.clone(),
-            data: bytes.to_vec(),
+            shape: t.shape,
+            data: t.bytes.to_vec(),
         }))
     }
 }

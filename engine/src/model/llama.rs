@@ -171,21 +171,24 @@ impl TensorNames {
         }
     }
 
-    fn embed(self) -> &'static str {
+    /// The token embedding table.
+    pub fn embed(self) -> &'static str {
         match self {
             TensorNames::Gguf => "token_embd.weight",
             TensorNames::HuggingFace => "model.embed_tokens.weight",
         }
     }
 
-    fn norm(self) -> &'static str {
+    /// The final norm's weight.
+    pub fn norm(self) -> &'static str {
         match self {
             TensorNames::Gguf => "output_norm.weight",
             TensorNames::HuggingFace => "model.norm.weight",
         }
     }
 
-    fn output(self) -> &'static str {
+    /// The output projection (absent when tied to the embedding).
+    pub fn output(self) -> &'static str {
         match self {
             TensorNames::Gguf => "output.weight",
             TensorNames::HuggingFace => "lm_head.weight",
@@ -195,7 +198,7 @@ impl TensorNames {
     /// Name of layer `i`'s tensor `what` (`"q"`, `"k"`, `"v"`, `"o"`,
     /// `"gate"`, `"up"`, `"down"`, `"attn_norm"`, `"ffn_norm"`) with suffix
     /// `"weight"` or `"bias"`.
-    fn layer(self, i: usize, what: &str, suffix: &str) -> String {
+    pub fn layer(self, i: usize, what: &str, suffix: &str) -> String {
         match self {
             TensorNames::Gguf => {
                 let t = match what {
@@ -246,6 +249,59 @@ pub struct LlamaModel {
     weight_bytes: usize,
     /// Decode steps are recorded and replayed ([`hal::StepCapture`]).
     capture: bool,
+    /// Sees the input of every linear layer (calibration), when set.
+    tap: Option<Box<dyn ActivationTap>>,
+}
+
+/// Which linear layers of a decoder layer an activation feeds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum LinearSite {
+    /// The normed hidden state into the q, k and v projections.
+    Qkv,
+    /// The attention output into the output projection.
+    O,
+    /// The normed hidden state into the gate and up projections.
+    GateUp,
+    /// `silu(gate) · up` into the down projection.
+    Down,
+}
+
+impl LinearSite {
+    /// Every site, in forward order.
+    pub const ALL: [LinearSite; 4] = [
+        LinearSite::Qkv,
+        LinearSite::O,
+        LinearSite::GateUp,
+        LinearSite::Down,
+    ];
+}
+
+/// Observer of the activations entering each linear layer, for calibrating
+/// quantisation (GPTQ Hessians, AWQ channel magnitudes, FP8 input scales).
+pub trait ActivationTap: Send {
+    /// `x` is the `[rows, cols]` row-major f32 input of `site` in `layer`
+    /// for one forward step.
+    fn observe(&mut self, layer: usize, site: LinearSite, x: &[f32], rows: usize, cols: usize);
+}
+
+/// Download a linear layer's input and show it to the tap.
+fn tap_input(
+    d: &dyn Device,
+    tap: &mut Option<Box<dyn ActivationTap>>,
+    layer: usize,
+    site: LinearSite,
+    t: &Tensor,
+    rows: usize,
+    cols: usize,
+) -> Result<(), HalError> {
+    let Some(tap) = tap.as_mut() else {
+        return Ok(());
+    };
+    d.synchronize()?;
+    let mut host = vec![0u8; t.dtype.bytes_for(rows * cols)];
+    d.download(&t.buffer, 0, &mut host)?;
+    tap.observe(layer, site, &widen(t.dtype, &host), rows, cols);
+    Ok(())
 }
 
 impl std::fmt::Debug for LlamaModel {
@@ -548,7 +604,24 @@ impl LlamaModel {
             step: None,
             weight_bytes,
             capture,
+            tap: None,
         })
+    }
+
+    /// Show every linear layer's input to `tap` from the next step on
+    /// (`None` stops); returns the previous tap. Steps with a tap run op by
+    /// op, never as recorded graphs.
+    pub fn set_tap(
+        &mut self,
+        tap: Option<Box<dyn ActivationTap>>,
+    ) -> Result<Option<Box<dyn ActivationTap>>, HalError> {
+        if tap.is_some() && self.capture {
+            self.capture = false;
+            self.device.invalidate_steps()?;
+        } else if tap.is_none() {
+            self.capture = self.options.step_capture && self.device.capabilities().step_capture;
+        }
+        Ok(std::mem::replace(&mut self.tap, tap))
     }
 
     /// Hyper-parameters.
@@ -776,6 +849,7 @@ impl LlamaModel {
             cos_sin,
             scratch,
             step,
+            tap,
             ..
         } = self;
         let step = step
@@ -834,6 +908,7 @@ impl LlamaModel {
                     out: vm(normed, &[t, h]),
                 })?;
             }
+            tap_input(d, tap, li, LinearSite::Qkv, normed, t, h)?;
             linear(d, &layer.q, vw(normed, &[t, h]), vm(q, &[t, nh * hd]))?;
             linear(d, &layer.k, vw(normed, &[t, h]), vm(k, &[t, nkv * hd]))?;
             linear(d, &layer.v, vw(normed, &[t, h]), vm(v, &[t, nkv * hd]))?;
@@ -857,6 +932,7 @@ impl LlamaModel {
                 params,
                 out: vm(attn, &[t, nh, hd]),
             })?;
+            tap_input(d, tap, li, LinearSite::O, attn, t, nh * hd)?;
             linear(d, &layer.o, vw(attn, &[t, nh * hd]), vm(x, &[t, h]))?;
             d.rms_norm(RmsNormArgs {
                 x: vw(x, &[t, h]),
@@ -865,6 +941,7 @@ impl LlamaModel {
                 eps,
                 out: vm(normed, &[t, h]),
             })?;
+            tap_input(d, tap, li, LinearSite::GateUp, normed, t, h)?;
             linear(
                 d,
                 &layer.gate_up,
@@ -875,6 +952,7 @@ impl LlamaModel {
                 x: vw(gate_up, &[t, 2 * inter]),
                 out: vm(mlp_act, &[t, inter]),
             })?;
+            tap_input(d, tap, li, LinearSite::Down, mlp_act, t, inter)?;
             linear(d, &layer.down, vw(mlp_act, &[t, inter]), vm(x, &[t, h]))?;
         }
         d.rms_norm(RmsNormArgs {

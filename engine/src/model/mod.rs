@@ -12,6 +12,7 @@ pub mod fetch;
 pub mod gguf;
 pub mod gguf_source;
 pub mod hf;
+pub mod hf_quant;
 pub mod llama;
 pub mod source;
 pub mod synthetic;

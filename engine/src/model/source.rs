@@ -114,7 +114,165 @@ impl HostWeight {
                     data,
                 }))
             }
-            HostWeight::Quant(_) => None,
+            HostWeight::Quant(q) => {
+                let quants: Vec<&QuantWeights> = parts
+                    .iter()
+                    .map(|p| match p {
+                        HostWeight::Quant(q) => Some(q),
+                        HostWeight::Dense { .. } => None,
+                    })
+                    .collect::<Option<_>>()?;
+                concat_quant(q, &quants).map(HostWeight::Quant)
+            }
+        }
+    }
+}
+
+/// Row-major matrices `[rows, cols_i]` side by side: `[rows, Σ cols_i]`.
+fn hcat<T: Copy>(rows: usize, parts: &[(&[T], usize)]) -> Option<Vec<T>> {
+    let mut out = Vec::with_capacity(parts.iter().map(|p| p.0.len()).sum());
+    for r in 0..rows {
+        for &(m, cols) in parts {
+            out.extend_from_slice(m.get(r * cols..(r + 1) * cols)?);
+        }
+    }
+    Some(out)
+}
+
+/// AWQ, GPTQ and FP8 weights stacked along N (the gate and up projections
+/// into one GEMM); `None` when their parameters differ so that one weight
+/// cannot express both.
+fn concat_quant(first: &QuantWeights, parts: &[&QuantWeights]) -> Option<QuantWeights> {
+    let n: usize = parts.iter().map(|q| q.n()).sum();
+    let k = first.k();
+    let same_spec = |q: &QuantWeights| match (q, first) {
+        // FP8 scale layouts may differ; the stacked weight reconciles them.
+        (QuantWeights::Fp8 { activation: a, .. }, QuantWeights::Fp8 { activation: b, .. }) => {
+            a == b
+        }
+        _ => q.spec() == first.spec(),
+    };
+    if parts.iter().any(|q| q.k() != k || !same_spec(q)) {
+        return None;
+    }
+    match first {
+        QuantWeights::Gguf { .. } => None,
+        QuantWeights::Awq { group_size, .. } => {
+            let groups = k / group_size;
+            let (mut qw, mut qz, mut sc) = (Vec::new(), Vec::new(), Vec::new());
+            for p in parts {
+                let QuantWeights::Awq {
+                    n,
+                    qweight,
+                    qzeros,
+                    scales,
+                    ..
+                } = p
+                else {
+                    return None;
+                };
+                qw.push((qweight.as_slice(), n / 8));
+                qz.push((qzeros.as_slice(), n / 8));
+                sc.push((scales.as_slice(), *n));
+            }
+            Some(QuantWeights::Awq {
+                group_size: *group_size,
+                n,
+                k,
+                qweight: hcat(k, &qw)?,
+                qzeros: hcat(groups, &qz)?,
+                scales: hcat(groups, &sc)?,
+            })
+        }
+        QuantWeights::Gptq {
+            bits,
+            group_size,
+            g_idx,
+            ..
+        } => {
+            let per = 32 / *bits as usize;
+            let groups = k.div_ceil(*group_size);
+            let (mut qw, mut qz, mut sc) = (Vec::new(), Vec::new(), Vec::new());
+            for p in parts {
+                let QuantWeights::Gptq {
+                    n,
+                    qweight,
+                    qzeros,
+                    scales,
+                    g_idx: g,
+                    ..
+                } = p
+                else {
+                    return None;
+                };
+                // One g_idx serves every column of the stacked weight.
+                if g != g_idx {
+                    return None;
+                }
+                qw.push((qweight.as_slice(), *n));
+                qz.push((qzeros.as_slice(), n / per));
+                sc.push((scales.as_slice(), *n));
+            }
+            Some(QuantWeights::Gptq {
+                bits: *bits,
+                group_size: *group_size,
+                n,
+                k,
+                qweight: hcat(k / per, &qw)?,
+                qzeros: hcat(groups, &qz)?,
+                scales: hcat(groups, &sc)?,
+                g_idx: g_idx.clone(),
+            })
+        }
+        QuantWeights::Fp8 { activation, .. } => {
+            let mut weight = Vec::with_capacity(n * k);
+            let mut per_part_scales = Vec::new();
+            let mut input_scale: Option<f32> = None;
+            for p in parts {
+                let QuantWeights::Fp8 {
+                    n,
+                    weight: w,
+                    weight_scale,
+                    input_scale: s,
+                    ..
+                } = p
+                else {
+                    return None;
+                };
+                weight.extend_from_slice(w);
+                per_part_scales.push((*n, weight_scale.as_slice()));
+                // Static activation scales of a shared input: the largest
+                // keeps every part's activations in range (as vLLM does).
+                input_scale = match (input_scale, s) {
+                    (Some(a), Some(b)) => Some(a.max(*b)),
+                    (None, s) => *s,
+                    (a, None) => a,
+                };
+            }
+            let all_tensor = per_part_scales.iter().all(|(_, s)| s.len() == 1);
+            let same = per_part_scales.windows(2).all(|w| w[0].1 == w[1].1);
+            // Per-tensor scales that differ become per-channel: exact.
+            let weight_scale = if all_tensor && same {
+                per_part_scales.first()?.1.to_vec()
+            } else {
+                let mut v = Vec::with_capacity(n);
+                for (rows, s) in per_part_scales {
+                    if s.len() == 1 {
+                        v.extend(std::iter::repeat_n(s[0], rows));
+                    } else {
+                        v.extend_from_slice(s);
+                    }
+                }
+                v
+            };
+            Some(QuantWeights::Fp8 {
+                n,
+                k,
+                weight,
+                weight_scale,
+                activation: *activation,
+                input_scale,
+            })
         }
     }
 }
