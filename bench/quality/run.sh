@@ -50,6 +50,7 @@ size_mb() {
 }
 
 rows=()
+base_tps=""
 for f in "${formats[@]}"; do
     IFS='|' read -r name make path <<<"$f"
     if [ -n "$make" ] && [ ! -e "$path" ]; then
@@ -61,15 +62,17 @@ for f in "${formats[@]}"; do
     tps=$("$kiln" generate --model "$path" --max-tokens 64 --ignore-eos \
         "The history of the Roman Republic" 2>&1 >/dev/null |
         sed -n 's/.*decode \([0-9.]*\) tokens\/s.*/\1/p' | tail -1)
-    rows+=("| $name | $ppl | $(size_mb "$path") | $tps |")
+    base_tps=${base_tps:-$tps}
+    ratio=$(awk -v a="$tps" -v b="$base_tps" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }')
+    rows+=("| $name | $ppl | $(size_mb "$path") | $tps | $ratio |")
     echo "quality: $name: perplexity $ppl, decode $tps tokens/s" >&2
 done
 
 {
     echo "<!-- written by bench/quality/run.sh; do not edit by hand -->"
     echo
-    echo "| format | perplexity | weights (MB) | decode tokens/s (CPU, 1 stream) |"
-    echo "|---|--:|--:|--:|"
+    echo "| format | perplexity | weights (MB) | decode tokens/s (CPU, 1 stream) | decode vs Q4_1 |"
+    echo "|---|--:|--:|--:|--:|"
     printf '%s\n' "${rows[@]}"
     echo
     echo "Machine: $(nproc) cores, $(lscpu | sed -n 's/^Model name: *//p'), load average $(cut -d' ' -f1-3 /proc/loadavg) at the end of the run; $(date -u +%Y-%m-%d)."

@@ -148,9 +148,9 @@ mod tests {
             .collect();
         let x = Mat::new(t, k, x);
         let mut x_mean = vec![0f32; k];
-        for r in 0..t {
-            for c in 0..k {
-                x_mean[c] += x.data[r * k + c].abs() / t as f32;
+        for row in x.data.chunks_exact(k) {
+            for (m, v) in x_mean.iter_mut().zip(row) {
+                *m += v.abs() / t as f32;
             }
         }
         let w = Mat::new(

@@ -38,7 +38,7 @@ impl Grid {
             hi = m;
         }
         let mut step = (hi - lo) / maxq as f32;
-        if !(step > 0.0) || !step.is_finite() {
+        if step.is_nan() || step <= 0.0 || !step.is_finite() {
             step = 1.0;
         }
         let mut scale = f16::from_f32(step);
