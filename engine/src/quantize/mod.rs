@@ -133,7 +133,7 @@ impl Default for Options {
             group_size: None,
             sym: false,
             act_order: true,
-            damp: 0.01,
+            damp: 0.1,
             fp8_static: false,
         }
     }
