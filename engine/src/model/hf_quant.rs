@@ -333,14 +333,7 @@ impl QuantizedSource {
 
     fn awq(&self, base: &str, group_size: usize) -> Result<HostWeight, LoadError> {
         let qw_name = format!("{base}.qweight");
-        let shape = self.shape_of(&qw_name)?;
-        let [k, n8] = shape[..] else {
-            return Err(LoadError::tensor(
-                self.inner.origin(),
-                &qw_name,
-                format!("shape {shape:?} is not 2-D"),
-            ));
-        };
+        let (k, n8) = self.dims2(&qw_name)?;
         let n = n8 * 8;
         if group_size == 0 || !k.is_multiple_of(group_size) {
             return Err(LoadError::tensor(
@@ -362,15 +355,8 @@ impl QuantizedSource {
 
     fn gptq(&self, base: &str, bits: u8, group: Option<usize>) -> Result<HostWeight, LoadError> {
         let qw_name = format!("{base}.qweight");
-        let shape = self.shape_of(&qw_name)?;
+        let (kp, n) = self.dims2(&qw_name)?;
         let p = 32 / bits as usize;
-        let [kp, n] = shape[..] else {
-            return Err(LoadError::tensor(
-                self.inner.origin(),
-                &qw_name,
-                format!("shape {shape:?} is not 2-D"),
-            ));
-        };
         let k = kp * p;
         let group_size = group.unwrap_or(k);
         let groups = k.div_ceil(group_size.max(1));
@@ -431,14 +417,7 @@ impl QuantizedSource {
 
     fn packed_int4(&self, base: &str, group: Option<usize>) -> Result<HostWeight, LoadError> {
         let p_name = format!("{base}.weight_packed");
-        let shape = self.shape_of(&p_name)?;
-        let [n, k8] = shape[..] else {
-            return Err(LoadError::tensor(
-                self.inner.origin(),
-                &p_name,
-                format!("shape {shape:?} is not 2-D"),
-            ));
-        };
+        let (n, k8) = self.dims2(&p_name)?;
         let k = k8 * 8;
         let group_size = group.unwrap_or(k);
         if group_size == 0 || !k.is_multiple_of(group_size) || !n.is_multiple_of(8) {
@@ -480,12 +459,20 @@ impl QuantizedSource {
         }))
     }
 
-    fn shape_of(&self, name: &str) -> Result<Vec<usize>, LoadError> {
-        Ok(self
+    /// `[rows, cols]` of a 2-D tensor that must exist.
+    fn dims2(&self, name: &str) -> Result<(usize, usize), LoadError> {
+        let t = self
             .inner
             .raw(name)?
-            .ok_or_else(|| LoadError::tensor(self.inner.origin(), name, "missing"))?
-            .shape)
+            .ok_or_else(|| LoadError::tensor(self.inner.origin(), name, "missing"))?;
+        match t.shape[..] {
+            [rows, cols] => Ok((rows, cols)),
+            _ => Err(LoadError::tensor(
+                t.file,
+                name,
+                format!("shape {:?} is not 2-D", t.shape),
+            )),
+        }
     }
 
     /// The base name (`…q_proj`) of `name` when it is a quantised linear
