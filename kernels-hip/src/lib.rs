@@ -129,6 +129,43 @@ pub fn factory() -> BackendFactory {
     }
 }
 
+/// Compile every kernel source for `arch` (a `gcnArchName` such as
+/// `gfx90a:sramecc+:xnack-`) into the on-disk cache (`$KILN_HIP_CACHE`,
+/// else `~/.cache/kiln/hip`), one thread per source, so a GPU machine's
+/// first start skips hiprtc. Returns each source's name and code-object
+/// size. Targets this ROCm's hiprtc cannot compile for (gfx94x before ROCm
+/// 6, where it aborts the process) are refused up front.
+pub fn precompile_parallel(arch: &str) -> std::result::Result<Vec<(&'static str, usize)>, String> {
+    if !sys::is_arch_name(arch) {
+        return Err(format!(
+            "{arch:?} is not an AMD GPU target (expected e.g. gfx90a or gfx942:sramecc+:xnack-)"
+        ));
+    }
+    let runtime_version = sys::Runtime::get().and_then(|rt| rt.version()).unwrap_or(0);
+    if let Some(why) = compile::unsupported_target(arch, runtime_version) {
+        return Err(why);
+    }
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = sources::ALL
+            .iter()
+            .map(|src| {
+                scope.spawn(move || {
+                    compile::cached_code_object(src, arch)
+                        .map(|code| (src.name, code.len()))
+                        .map_err(|e| e.to_string())
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| match h.join() {
+                Ok(r) => r,
+                Err(_) => Err("a compile thread panicked".to_string()),
+            })
+            .collect()
+    })
+}
+
 /// Whether hiprtc can be loaded on this machine.
 pub fn hiprtc_available() -> bool {
     compile::compiler_present()
@@ -187,6 +224,22 @@ mod tests {
                 let opened = (f.open)(0);
                 assert!(opened.is_err(), "probe said {reason} but open succeeded");
             }
+        }
+    }
+
+    #[test]
+    fn precompile_refuses_bad_targets() {
+        let e = super::precompile_parallel("sm_90a")
+            .err()
+            .unwrap_or_default();
+        assert!(e.contains("not an AMD GPU target"), "{e}");
+        // Without ROCm 6 (or without any runtime) gfx942 is refused, never
+        // handed to a hiprtc that would abort.
+        let rocm6 = super::sys::Runtime::get()
+            .and_then(|rt| rt.version())
+            .is_ok_and(|v| v >= 60_000_000);
+        if !rocm6 {
+            assert!(super::precompile_parallel("gfx942").is_err());
         }
     }
 
