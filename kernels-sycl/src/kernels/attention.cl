@@ -91,10 +91,12 @@ inline void attention_core(__local float* qs, __local float* red, __local float*
             tmp_ml[slot * 2 + 1] = l;
         }
     } else {
-        float inv = l > 0.0f || isnan(l) ? vs / l : 0.0f;
+        // (acc · vs) / l, exactly as attention_reduce computes a single
+        // partition, so a row's bits do not depend on whether it was split.
+        int seen = l > 0.0f || isnan(l);
         for (int i = 0; i < ATT_DPT; i++) {
             int d = lid + ATT_WG * i;
-            if (d < hd) st(out, out_base + d, out_dt, l > 0.0f || isnan(l) ? acc[i] * inv : 0.0f);
+            if (d < hd) st(out, out_base + d, out_dt, seen ? (acc[i] * vs) / l : 0.0f);
         }
     }
 }
