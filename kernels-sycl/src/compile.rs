@@ -91,3 +91,34 @@ pub(crate) fn build(
     }
     Ok(program)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A kernel that does not compile gives an error with the build log.
+    #[test]
+    fn a_failed_build_carries_the_build_log() {
+        let Ok(dev) = crate::OpenClDevice::open(0) else {
+            println!("skipped: no OpenCL device");
+            return;
+        };
+        static BROKEN: KernelSource = KernelSource {
+            name: "broken",
+            headers: &[],
+            body: "__kernel void broken(__global float* x) { x[0] = undefined_name; }",
+            kernels: &["broken"],
+        };
+        let Err(err) = build(
+            dev.context(),
+            dev.cl_device(),
+            &BROKEN,
+            KernelPath::Portable,
+        ) else {
+            panic!("the broken source must not build");
+        };
+        assert!(err.contains("broken.cl failed to build"), "{err}");
+        assert!(err.contains("build log"), "{err}");
+        assert!(err.contains("undefined_name"), "{err}");
+    }
+}

@@ -252,6 +252,16 @@ impl OpenClDevice {
         self.path
     }
 
+    #[cfg(test)]
+    pub(crate) fn context(&self) -> &Context {
+        &self.context
+    }
+
+    #[cfg(test)]
+    pub(crate) fn cl_device(&self) -> &Device {
+        &self.device
+    }
+
     pub(crate) fn err(&self, op: &'static str, msg: impl Into<String>) -> HalError {
         HalError::device(&self.name, op, msg)
     }
@@ -491,7 +501,12 @@ fn capabilities(device: String, memory_bytes: Option<u64>) -> Capabilities {
         block_sizes: Vec::new(),
         quant_formats: QuantFormat::ALL.to_vec(),
         precisions: vec![Precision::Exact],
-        batch_invariant: false,
+        // Every kernel gives a row the same work split and reduction order
+        // whatever the batch: GEMM tiles walk K identically for every row,
+        // quantised GEMM splits K by K alone, attention tiles a token's keys
+        // from its own window start, and an unsplit attention row is
+        // normalised exactly as a one-partition split-K row.
+        batch_invariant: true,
         step_capture: false,
     }
 }
