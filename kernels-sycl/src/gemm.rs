@@ -1,10 +1,16 @@
-//! Dense GEMM `out[M, N] = x[M, K] · w[N, K]ᵀ (+ bias)`: 64 × 64 output tiles
-//! through local memory (`kernels/gemm.cl`).
+//! Dense GEMM `out[M, N] = x[M, K] · w[N, K]ᵀ (+ bias)` (`kernels/gemm.cl`):
+//! 64 × 64 output tiles through local memory, or, for a few rows (decode),
+//! 64 columns × 4 rows per work-group with x's rows in local memory. Both
+//! accumulate each output in the same order, so the choice never changes a
+//! row's bits.
 
 use hal::{Backend, GemmArgs, Result};
 
 use crate::device::{dtype_code, Arg, OpenClDevice};
 use crate::sources::GEMM;
+
+/// Up to this many rows run on the skinny kernel.
+const SKINNY_ROWS: usize = 16;
 
 /// Run [`GemmArgs`].
 pub(crate) fn gemm(d: &OpenClDevice, args: GemmArgs<'_>) -> Result<()> {
@@ -16,12 +22,21 @@ pub(crate) fn gemm(d: &OpenClDevice, args: GemmArgs<'_>) -> Result<()> {
     let [b, b_off] = d.opt_view(op, args.bias.as_ref())?;
     let bias_dt = args.bias.as_ref().map_or(0, |b| dtype_code(b.dtype));
     let [o, o_off] = d.view_mut(op, &args.out)?;
+    let (func, global, local) = if m <= SKINNY_ROWS {
+        ("gemm_skinny", [n, m.div_ceil(4), 1], [64, 1, 1])
+    } else {
+        (
+            "gemm",
+            [n.div_ceil(64) * 16, m.div_ceil(64) * 16, 1],
+            [16, 16, 1],
+        )
+    };
     d.launch(
         op,
         &GEMM,
-        "gemm",
-        [n.div_ceil(64) * 16, m.div_ceil(64) * 16, 1],
-        [16, 16, 1],
+        func,
+        global,
+        local,
         &[
             x,
             x_off,

@@ -43,7 +43,7 @@ pub static GEMM: KernelSource = KernelSource {
     name: "gemm",
     headers: &[COMMON],
     body: include_str!("kernels/gemm.cl"),
-    kernels: &["gemm"],
+    kernels: &["gemm", "gemm_skinny"],
 };
 
 /// GGUF Q4_0 / Q4_1 / Q8_0 GEMM and embedding.

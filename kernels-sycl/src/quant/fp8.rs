@@ -112,7 +112,7 @@ pub(crate) fn gemm(
     )?;
     let [b, b_off] = d.opt_view(op, args.bias.as_ref())?;
     let [o, o_off] = d.view_mut(op, &args.out)?;
-    let tpc = super::threads_per_column(k);
+    let tpc = super::threads_per_column(d, k);
     d.launch(
         op,
         &QUANT_FP8,

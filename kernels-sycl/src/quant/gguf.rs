@@ -56,7 +56,7 @@ pub(crate) fn gemm(
     let [x, x_off] = d.view(op, &args.x)?;
     let [b, b_off] = d.opt_view(op, args.bias.as_ref())?;
     let [o, o_off] = d.view_mut(op, &args.out)?;
-    let tpc = super::threads_per_column(k);
+    let tpc = super::threads_per_column(d, k);
     d.launch(
         op,
         &QUANT_GGUF,

@@ -16,17 +16,23 @@ pub(crate) mod int;
 
 use hal::{Backend, HalError, PackedWeight, QuantGemmArgs, QuantSpec, QuantWeights, Result};
 
-use crate::device::OpenClDevice;
+use crate::device::{KernelPath, OpenClDevice};
 
 /// Rows of x per work-group (`QMT` in the kernels).
 pub(crate) const ROWS_PER_GROUP: usize = 4;
 /// Work-items per work-group (`QWG`).
 pub(crate) const GROUP: usize = 64;
 
-/// Work-items per output column for K elements: enough to give each about
-/// one 32-element chunk, a power of two ≤ 64.
-pub(crate) fn threads_per_column(k: usize) -> usize {
-    k.div_ceil(32).next_power_of_two().clamp(1, GROUP)
+/// Work-items per output column for K elements. Portable path: enough to
+/// give each about one 32-element chunk, a power of two ≤ 64. Intel-tuned
+/// path: one 16-wide subgroup per column (its partial sums meet in a
+/// subgroup reduction). Depends on K and the path only, never on M, so a
+/// row's bits do not depend on the batch.
+pub(crate) fn threads_per_column(d: &OpenClDevice, k: usize) -> usize {
+    match d.kernel_path() {
+        KernelPath::IntelTuned => 16,
+        KernelPath::Portable => k.div_ceil(32).next_power_of_two().clamp(1, GROUP),
+    }
 }
 
 /// Global size `[columns · 64 / (64 / tpc)…, row groups, 1]` for N × M.
