@@ -34,7 +34,8 @@ pub enum KernelPath {
     /// OpenCL 1.2, fp32 math, fp16 as storage only (`vload_half` /
     /// `vstore_half`), local-memory reductions. Runs everywhere, PoCL included.
     Portable,
-    /// Intel GPUs: `cl_khr_fp16` half loads and stores, `cl_intel_subgroups`
+    /// Intel GPUs: `cl_khr_fp16` half loads, stores and f16 element-wise
+    /// arithmetic, `cl_intel_subgroups`
     /// reductions and block reads, kernels pinned to 16-wide subgroups.
     IntelTuned,
 }

@@ -3,7 +3,8 @@
 // Two paths, chosen by the build options the host passes:
 //   portable (default): OpenCL 1.2, fp32 math, fp16 only as storage through
 //     vload_half / vstore_half; work-group reductions in local memory.
-//   Intel-tuned (-DKILN_INTEL=1): cl_khr_fp16 native half loads and stores,
+//   Intel-tuned (-DKILN_INTEL=1): cl_khr_fp16 native half loads and stores
+//     (and half arithmetic in f16 element-wise kernels),
 //     cl_intel_subgroups reductions and block reads, kernels pinned to
 //     16-wide subgroups with intel_reqd_sub_group_size.
 //

@@ -67,6 +67,16 @@ __kernel void silu_and_mul(const __global uchar* x, ulong x_off,
     size_t j = get_global_id(0), t = get_global_id(1);
     if (j >= (size_t)inter) return;
     const __global uchar* xp = x + x_off;
+#ifdef KILN_INTEL
+    // f16 activations: the product in half precision (cl_khr_fp16).
+    if (dt == DT_F16) {
+        const __global half* xh = (const __global half*)xp;
+        float a = (float)xh[t * 2 * inter + j];
+        half g = convert_half_rte(a / (1.0f + exp(-a)));
+        ((__global half*)(out + out_off))[t * inter + j] = g * xh[t * 2 * inter + inter + j];
+        return;
+    }
+#endif
     float a = ld(xp, t * 2 * inter + j, dt);
     float b = ld(xp, t * 2 * inter + inter + j, dt);
     st(out + out_off, t * inter + j, dt, a / (1.0f + exp(-a)) * b);
@@ -79,6 +89,15 @@ __kernel void add(const __global uchar* a, ulong a_off, const __global uchar* b,
     size_t j = get_global_id(0), r = get_global_id(1);
     if (j >= (size_t)n) return;
     size_t i = r * n + j;
+#ifdef KILN_INTEL
+    // f16 operands: added in half precision (cl_khr_fp16).
+    if (dt == DT_F16) {
+        const __global half* ah = (const __global half*)(a + a_off);
+        const __global half* bh = (const __global half*)(b + b_off);
+        ((__global half*)(out + out_off))[i] = ah[i] + bh[broadcast ? j : i];
+        return;
+    }
+#endif
     float bv = ld(b + b_off, broadcast ? j : i, dt);
     st(out + out_off, i, dt, ld(a + a_off, i, dt) + bv);
 }
