@@ -1,7 +1,8 @@
 //! Paged attention (decode and ragged prefill in one launch, GQA, sliding
 //! window, soft-cap, split-K over 512-token partitions for long contexts)
 //! and dense varlen flash attention, on one kernel core
-//! (`kernels/attention.cl`).
+//! (`kernels/attention.cl`). A work-group serves up to 8 query heads that
+//! share a KV head, so each K and V row is read once for all of them.
 
 use hal::tensor::ViewInfo;
 use hal::{Backend, FlashAttentionArgs, PagedAttentionArgs, Result};
@@ -13,6 +14,14 @@ use crate::sources::ATTENTION;
 const GROUP: usize = 64;
 /// Keys per split-K partition.
 const PARTITION: usize = 512;
+/// Query heads sharing one work-group (and one read of K and V), `ATT_MAXG`.
+const MAX_HEADS_PER_GROUP: usize = 8;
+
+/// Work-groups along dimension 1: per KV head, chunks of up to
+/// [`MAX_HEADS_PER_GROUP`] of its query heads.
+fn head_groups(nh: usize, nkh: usize) -> usize {
+    nkh * (nh / nkh).div_ceil(MAX_HEADS_PER_GROUP)
+}
 
 /// Run [`PagedAttentionArgs`]. Sequences longer than one partition are
 /// split: each (token, head, partition) keeps its own softmax state and a
@@ -47,7 +56,7 @@ pub(crate) fn paged_attention(d: &OpenClDevice, args: PagedAttentionArgs<'_>) ->
         op,
         &ATTENTION,
         "paged_attention",
-        [t * GROUP, nh, nparts],
+        [t * GROUP, head_groups(nh, s.num_kv_heads), nparts],
         [GROUP, 1, 1],
         &[
             q,
@@ -122,7 +131,7 @@ pub(crate) fn flash_attention(d: &OpenClDevice, args: FlashAttentionArgs<'_>) ->
         op,
         &ATTENTION,
         "flash_attention",
-        [tq * GROUP, nh, 1],
+        [tq * GROUP, head_groups(nh, nkh), 1],
         [GROUP, 1, 1],
         &[
             q,
