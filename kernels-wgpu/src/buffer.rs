@@ -31,3 +31,14 @@ impl Drop for WgpuBuffer {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn allocations_are_whole_words() {
+        assert_eq!(super::padded_len(0), 4);
+        assert_eq!(super::padded_len(3), 4);
+        assert_eq!(super::padded_len(8), 8);
+        assert_eq!(super::padded_len(9), 12);
+    }
+}

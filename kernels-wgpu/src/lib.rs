@@ -162,3 +162,27 @@ pub fn factory() -> BackendFactory {
         open,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn probe_never_panics_and_open_agrees() {
+        let f = factory();
+        assert_eq!(f.kind, "wgpu");
+        match (f.probe)() {
+            Probe::Available(devs) => {
+                assert!(!devs.is_empty());
+                let d = (f.open)(0).expect("a listed adapter opens");
+                assert_eq!(d.name(), "wgpu:0");
+                assert!(!d.capabilities().device.is_empty());
+                assert!((f.open)(devs.len()).is_err(), "index past the last adapter");
+            }
+            Probe::Unavailable(reason) => {
+                assert!(!reason.to_string().is_empty());
+                assert!((f.open)(0).is_err());
+            }
+        }
+    }
+}

@@ -257,3 +257,29 @@ fn f32_to_e4m3(v: f32) -> u32 {
 // Whether an i64 (two words, little-endian) is negative.
 fn i64_negative(hi: u32) -> bool { return (hi & 0x80000000u) != 0u; }
 "#;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(elem: Elem) -> KernelSpec {
+        KernelSpec {
+            name: "k",
+            body: String::new(),
+            bindings: vec![ro("x", elem), rw("out", elem)],
+            workgroup: 64,
+            variant: String::new(),
+        }
+    }
+
+    #[test]
+    fn variants_have_distinct_keys_and_typed_accessors() {
+        let (a, b) = (spec(Elem::F16), spec(Elem::Bf16));
+        assert_ne!(a.key(), b.key());
+        let src = a.source();
+        assert!(src.contains("fn ld_x(i: u32) -> f32"));
+        assert!(src.contains("fn st_out(i: u32, v: f32)"));
+        assert!(src.contains("var<storage, read_write> out: array<atomic<u32>>"));
+        assert!(!src.contains("fn st_x("), "read-only bindings get no store");
+    }
+}

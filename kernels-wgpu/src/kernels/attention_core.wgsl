@@ -1,5 +1,7 @@
 // Attention of one query row against keys lo..=hi, online softmax over
-// tiles of WG keys in workgroup memory. The kernel defines `kbase(j, kvh)` /
+// tiles of WG keys in workgroup memory; leaves the running max `m_run`, sum
+// `l_run` and unnormalised output `acc` (this invocation's head-dim
+// elements lid, lid + WG, …) for `write_out` or a split-K partial. The kernel defines `kbase(j, kvh)` /
 // `vbase(j, kvh)` (element index of key / value row j) and `kld(i)` /
 // `vld(i)` (a scaled element). Params used: 3 head_dim, 7 scale (f32),
 // 9 soft-cap (f32, 0 = none).
@@ -8,8 +10,11 @@ const PER: u32 = MAXD / WG;
 const NEG: f32 = -3.0e38;
 var<workgroup> qsh: array<f32, MAXD>;
 var<workgroup> sc: array<f32, WG>;
+var<private> acc: array<f32, PER>;
+var<private> m_run: f32;
+var<private> l_run: f32;
 
-fn attend(lid: u32, qbase: u32, obase: u32, kvh: u32, lo: u32, hi: u32, empty: bool) {
+fn attend(lid: u32, qbase: u32, kvh: u32, lo: u32, hi: u32, empty: bool) {
     let d = pu(3u);
     let scale = pf(7u);
     let cap = pf(9u);
@@ -17,7 +22,7 @@ fn attend(lid: u32, qbase: u32, obase: u32, kvh: u32, lo: u32, hi: u32, empty: b
     workgroupBarrier();
     var m = NEG;
     var l = 0.0;
-    var acc: array<f32, PER>;
+    for (var r = 0u; r < PER; r++) { acc[r] = 0.0; }
     if (!empty) {
         for (var j0 = lo; j0 <= hi; j0 += WG) {
             let j = j0 + lid;
@@ -61,12 +66,6 @@ fn attend(lid: u32, qbase: u32, obase: u32, kvh: u32, lo: u32, hi: u32, empty: b
             workgroupBarrier();
         }
     }
-    for (var r = 0u; r < PER; r++) {
-        let e = lid + r * WG;
-        if (e < d) {
-            var o = 0.0;
-            if (!empty) { o = acc[r] / l; }
-            st_out(obase + e, o);
-        }
-    }
+    m_run = m;
+    l_run = l;
 }

@@ -39,5 +39,6 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
     if (lo > hi) { empty = true; }
     let kvh = head / (heads / pu(2u));
     let base = (tok * heads + head) * pu(3u);
-    attend(lid, pu(10u) + base, pu(11u) + base, kvh, u32(max(lo, 0)), u32(max(hi, 0)), empty);
+    attend(lid, pu(10u) + base, kvh, u32(max(lo, 0)), u32(max(hi, 0)), empty);
+    write_out(lid, pu(11u) + base, empty);
 }

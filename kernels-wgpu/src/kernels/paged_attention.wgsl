@@ -1,4 +1,6 @@
-// Paged attention: one workgroup per (query token, query head).
+// Paged attention: key and value addressing through the block table, and
+// the key span of each query token; `paged_main.wgsl` / `paged_split.wgsl`
+// hold the entry points.
 // Params: 0 tokens, 1 heads, 2 kv heads, 3 head_dim, 4 batch, 5 block size,
 // 6 block-table columns, 7 scale, 8 window (0 = none), 9 soft-cap,
 // 10 q offset, 11 out offset, 12 query_start_loc offset, 13 seq_lens
@@ -15,14 +17,10 @@ fn vbase(j: u32, kvh: u32) -> u32 { return kbase(j, kvh); }
 fn kld(i: u32) -> f32 { return ld_kc(i) * pf(15u); }
 fn vld(i: u32) -> f32 { return ld_vc(i) * pf(16u); }
 
-@compute @workgroup_size(WG)
-fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-        @builtin(local_invocation_index) lid: u32) {
-    let wid = wg_linear(wg, nwg);
-    let heads = pu(1u);
-    let tok = wid / heads;
-    let head = wid % heads;
-    if (tok >= pu(0u)) { return; }
+struct Span { lo: u32, hi: u32, empty: bool }
+
+// The keys query token `tok` sees (and its sequence, in `seq`).
+fn span(tok: u32) -> Span {
     var b = 0u;
     for (; b + 1u < pu(4u); b++) {
         if (tok < qsl[pu(12u) + b + 1u]) { break; }
@@ -37,7 +35,5 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
     var lo = 0u;
     let win = pu(8u);
     if (win > 0u && p + 1u > win) { lo = p + 1u - win; }
-    let kvh = head / (heads / pu(2u));
-    let base = (tok * heads + head) * pu(3u);
-    attend(lid, pu(10u) + base, pu(11u) + base, kvh, lo, p, past_end);
+    return Span(lo, p, past_end);
 }
