@@ -2,8 +2,8 @@
 //! operand readers `x_at(m, k)` / `w_at(n, k)` are filled in per dtype and
 //! weight format.
 //!
-//! Variants: `rows` (M ≤ 8: one workgroup of 64 per output feature, K split
-//! across the invocations — the decode matvec) and `tiled` (16×16 output
+//! Variants: `rows` (M ≤ 8: a workgroup of 64 computes 16 output features,
+//! 4 invocations splitting K for each — the decode matvec) and `tiled` (16×16 output
 //! tiles through workgroup memory). Accumulation is f32.
 
 use hal::{Backend, GemmArgs, QuantGemmArgs, Result};
@@ -16,6 +16,8 @@ use crate::WgpuDevice;
 
 /// Largest M served by the `rows` variant.
 const ROWS: usize = 8;
+/// Output features per workgroup of the `rows` variant (`NPW` in the shader).
+const ROWS_PER_GROUP: usize = 16;
 
 const X_DENSE: &str = "fn x_at(m: u32, k: u32) -> f32 { return ld_x(pu(3u) + m * pu(2u) + k); }\n";
 
@@ -37,7 +39,12 @@ struct Launch<'a> {
 
 fn run(dev: &WgpuDevice, op: &'static str, l: Launch<'_>) -> Result<()> {
     let (template, wg, groups, tag) = if l.m <= ROWS {
-        (include_str!("kernels/gemm_rows.wgsl"), 64, l.n, "rows")
+        (
+            include_str!("kernels/gemm_rows.wgsl"),
+            64,
+            l.n.div_ceil(ROWS_PER_GROUP),
+            "rows",
+        )
     } else {
         (
             include_str!("kernels/gemm_tiled.wgsl"),

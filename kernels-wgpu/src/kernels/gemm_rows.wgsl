@@ -1,8 +1,11 @@
-// Matrix-vector form of the GEMM for a few rows (decode): one workgroup per
-// output feature n, the invocations split K, then a tree reduction per row.
-// Params as the tiled kernel; M ≤ ROWS.
+// Matrix-vector form of the GEMM for a few rows (decode): NPW output
+// features per workgroup, LANES invocations per feature splitting K, one
+// workgroup-memory reduction. The sum order of an output does not depend
+// on M. Params as the tiled kernel; M ≤ ROWS.
 const ROWS: u32 = 8u;
-var<workgroup> red: array<f32, WG>;
+const NPW: u32 = 16u;
+const LANES: u32 = WG / NPW;
+var<workgroup> red: array<f32, 512>;
 
 @compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
@@ -10,25 +13,25 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
     let mm = pu(0u);
     let nn = pu(1u);
     let kk = pu(2u);
-    let n = wg_linear(wg, nwg);
-    if (n >= nn) { return; }
+    let n0 = wg_linear(wg, nwg) * NPW;
+    if (n0 >= nn) { return; }
+    let n = n0 + lid / LANES;
+    let lane = lid % LANES;
     var acc: array<f32, 8>;
-    for (var k = lid; k < kk; k += WG) {
-        let w = w_at(n, k);
-        for (var m = 0u; m < mm; m++) { acc[m] += x_at(m, k) * w; }
-    }
-    for (var m = 0u; m < mm; m++) {
-        red[lid] = acc[m];
-        workgroupBarrier();
-        for (var s = WG / 2u; s > 0u; s >>= 1u) {
-            if (lid < s) { red[lid] += red[lid + s]; }
-            workgroupBarrier();
+    if (n < nn) {
+        for (var k = lane; k < kk; k += LANES) {
+            let w = w_at(n, k);
+            for (var m = 0u; m < mm; m++) { acc[m] += x_at(m, k) * w; }
         }
-        if (lid == 0u) {
-            var v = red[0];
+    }
+    for (var m = 0u; m < ROWS; m++) { red[m * WG + lid] = acc[m]; }
+    workgroupBarrier();
+    if (lane == 0u && n < nn) {
+        for (var m = 0u; m < mm; m++) {
+            var v = 0.0;
+            for (var l = 0u; l < LANES; l++) { v += red[m * WG + lid + l]; }
             if (pu(6u) != 0u) { v += ld_bias(pu(5u) + n); }
             st_out(pu(4u) + m * nn + n, v);
         }
-        workgroupBarrier();
     }
 }
