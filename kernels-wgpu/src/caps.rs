@@ -38,7 +38,7 @@ pub(crate) fn capabilities(probe: &AdapterProbe) -> Capabilities {
         head_dims: Vec::new(),
         block_sizes: Vec::new(),
         quant_formats: QuantFormat::ALL.to_vec(),
-        precisions: vec![Precision::Exact],
+        precisions: vec![Precision::Exact, Precision::Int8Activations],
         batch_invariant: false,
         step_capture: false,
     }

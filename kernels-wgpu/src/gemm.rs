@@ -6,7 +6,7 @@
 //! 4 invocations splitting K for each — the decode matvec) and `tiled` (16×16 output
 //! tiles through workgroup memory). Accumulation is f32.
 
-use hal::{Backend, GemmArgs, QuantGemmArgs, Result};
+use hal::{Backend, GemmArgs, Precision, QuantGemmArgs, Result};
 
 use crate::device::PARAM_WORDS;
 use crate::launch::elem_offset;
@@ -26,6 +26,14 @@ const X_FP8_STATIC: &str = "fn x_at(m: u32, k: u32) -> f32 { let s = pf(29u); \
     return e4m3_to_f32(f32_to_e4m3(ld_x(pu(3u) + m * pu(2u) + k) / s)) * s; }\n";
 const X_FP8_DYNAMIC: &str = "fn x_at(m: u32, k: u32) -> f32 { let s = bitcast<f32>(xs[m]); \
     return e4m3_to_f32(f32_to_e4m3(ld_x(pu(3u) + m * pu(2u) + k) / s)) * s; }\n";
+
+/// Int8 activations: `clamp(round_half_away(x / d), ±127) · f16(d)` per block
+/// of 32, with `(1/d, f16(d))` from `int8_act_scale.wgsl`.
+const X_INT8: &str = "fn x_at(m: u32, k: u32) -> f32 { \
+    let s = 2u * (m * ((pu(2u) + 31u) / 32u) + k / 32u); \
+    let v = ld_x(pu(3u) + m * pu(2u) + k) * bitcast<f32>(xs[s]); \
+    let t = trunc(v); var q = t; if (abs(v - t) >= 0.5) { q = t + sign(v); } \
+    return clamp(q, -127.0, 127.0) * bitcast<f32>(xs[s + 1u]); }\n";
 
 struct Launch<'a> {
     m: usize,
@@ -138,7 +146,10 @@ pub(crate) fn quant_gemm(dev: &WgpuDevice, args: QuantGemmArgs<'_>) -> Result<()
     params[29] = args.w.scalars.first().copied().unwrap_or(1.0).to_bits();
     let x = dev.buf(OP, args.x.buffer)?;
     let out = dev.buf(OP, args.out.buffer)?;
-    let mode = quant::fp8_mode(&args.w.spec);
+    let mut mode = quant::fp8_mode(&args.w.spec);
+    if mode == 0 && args.precision == Precision::Int8Activations {
+        mode = 4;
+    }
     let scratch;
     let mut bindings = vec![
         ro("x", xe),
@@ -149,6 +160,27 @@ pub(crate) fn quant_gemm(dev: &WgpuDevice, args: QuantGemmArgs<'_>) -> Result<()
     let x_reader = match mode {
         0 => X_DENSE,
         1 => X_FP8_STATIC,
+        4 => {
+            let blocks = k.div_ceil(32);
+            scratch = dev.scratch(OP, m * blocks * 8)?;
+            let spec = KernelSpec {
+                name: "int8_act_scale",
+                body: include_str!("kernels/int8_act_scale.wgsl").to_string(),
+                bindings: vec![ro("x", xe), rw("xs", Elem::Word)],
+                workgroup: 64,
+                variant: String::new(),
+            };
+            dev.dispatch(
+                OP,
+                &spec,
+                &[x, &scratch],
+                &[m as u32, k as u32, x_off],
+                (m * blocks).div_ceil(64),
+            )?;
+            bindings.push(ro("xs", Elem::Word));
+            buffers.push(&scratch);
+            X_INT8
+        }
         _ => {
             scratch = dev.scratch(OP, m * 4)?;
             let spec = KernelSpec {
