@@ -124,7 +124,9 @@ wgpu() {
     export VK_DRIVER_FILES="$LVP_ICD"
     export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-/tmp}"
     export KILN_REQUIRE_WGPU=1
-    vulkaninfo --summary 2>/dev/null | grep -m1 deviceName || {
+    local info
+    info=$(vulkaninfo --summary 2>/dev/null)
+    grep -m1 deviceName <<<"$info" || {
         echo "vulkaninfo found no device with $LVP_ICD" >&2
         return 1
     }
