@@ -261,13 +261,17 @@ impl WgpuDevice {
     /// A new buffer of `bytes` (padded), zero-filled by wgpu.
     pub(crate) fn new_buffer(&self, op: &'static str, bytes: usize) -> Result<WgpuBuffer> {
         let size = padded_len(bytes);
-        if size > self.probe.max_buffer {
+        // Every buffer is bound as a storage buffer by some kernel: refuse
+        // here what no dispatch could bind, rather than at the first op.
+        let limit = self.probe.max_buffer.min(self.probe.max_storage_binding);
+        if size > limit {
             return Err(HalError::device(
                 &self.name,
                 op,
                 format!(
-                    "{bytes} bytes exceed the adapter's largest buffer ({} bytes)",
-                    self.probe.max_buffer
+                    "{bytes} bytes exceed the adapter's largest storage buffer ({limit} bytes: \
+                     buffer limit {}, storage-binding limit {})",
+                    self.probe.max_buffer, self.probe.max_storage_binding
                 ),
             ));
         }
