@@ -1,0 +1,29 @@
+"""The Serve application: `serve run kiln_ray.app:build_app` or `serve run serve_config.yaml`."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Optional
+
+from ray.serve import Application
+
+from kiln_ray.config import ConfigError, KilnConfig
+from kiln_ray.ingress import KilnIngress
+from kiln_ray.replica import KilnReplica
+
+
+def build_app(args: Optional[Mapping[str, Any]] = None) -> Application:
+    """Builds ingress + replicas from application args.
+
+    Keys: those of `KilnConfig` (binary, args, startup_timeout_s,
+    request_timeout_s, health_timeout_s, extra_env) and `retries` (how often
+    the ingress resends a request that never reached kiln, default 1).
+    Deployment options (replicas, autoscaling, resources) come from the
+    decorators or the config file's `deployments` section.
+    """
+    values = dict(args or {})
+    retries = int(values.pop("retries", 1))
+    if retries < 0:
+        raise ConfigError("retries must be >= 0")
+    config = KilnConfig.from_dict(values)
+    config.resolved_binary()  # fail at deploy time, not in every replica
+    return KilnIngress.bind(KilnReplica.bind(config), retries=retries, timeout_s=config.request_timeout_s)
