@@ -15,8 +15,9 @@ def build_app(args: Optional[Mapping[str, Any]] = None) -> Application:
     """Builds ingress + replicas from application args.
 
     Keys: those of `KilnConfig` (binary, args, startup_timeout_s,
-    request_timeout_s, health_timeout_s, extra_env) and `retries` (how often
-    the ingress resends a request that never reached kiln, default 1).
+    request_timeout_s, health_timeout_s, extra_env), `retries` (how often
+    the ingress resends a request that never reached kiln, default 1) and
+    `num_replicas` (a fixed replica count instead of autoscaling).
     Deployment options (replicas, autoscaling, resources) come from the
     decorators or the config file's `deployments` section.
     """
@@ -24,6 +25,12 @@ def build_app(args: Optional[Mapping[str, Any]] = None) -> Application:
     retries = int(values.pop("retries", 1))
     if retries < 0:
         raise ConfigError("retries must be >= 0")
+    num_replicas = values.pop("num_replicas", None)
     config = KilnConfig.from_dict(values)
     config.resolved_binary()  # fail at deploy time, not in every replica
-    return KilnIngress.bind(KilnReplica.bind(config), retries=retries, timeout_s=config.request_timeout_s)
+    replica = KilnReplica
+    if num_replicas is not None:
+        if int(num_replicas) < 1:
+            raise ConfigError("num_replicas must be >= 1")
+        replica = KilnReplica.options(num_replicas=int(num_replicas), autoscaling_config=None)
+    return KilnIngress.bind(replica.bind(config), retries=retries, timeout_s=config.request_timeout_s)
