@@ -27,6 +27,10 @@
 #   test     cargo test --workspace --locked (the engine's tests run the model)
 #   clients  the official `openai` Python client against a real `kiln serve`
 #            (packages in a virtual environment under ~/.cache/kiln/venv)
+#   ray      kiln_ray (deploy/ray): two `kiln serve` replicas behind Ray Serve
+#            on a local Ray cluster, driven with the `openai` client: load
+#            spread, prefix affinity, a killed replica failing cleanly and
+#            replaced (packages in ~/.cache/kiln/ray-venv)
 # Build outputs go to $CARGO_TARGET_DIR, by default ~/.cache/kiln/target, so
 # later runs on the same machine are incremental.
 set -euo pipefail
@@ -220,6 +224,11 @@ clients() {
     return "$status"
 }
 
+# Multi-replica serving on Ray Serve, with the binary the clients stage used.
+ray_serve() {
+    bash deploy/ray/ci.sh "$CARGO_TARGET_DIR/debug/kiln"
+}
+
 stage setup setup
 stage fmt cargo fmt --all --check
 stage clippy cargo clippy --workspace --all-targets --locked -- -D warnings
@@ -231,4 +240,5 @@ stage wgpu wgpu
 stage model model
 stage test cargo test --workspace --locked
 stage clients clients
+stage ray ray_serve
 summary ok
