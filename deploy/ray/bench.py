@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import os
 import socket
 import time
@@ -22,9 +23,10 @@ import httpx
 import ray
 from ray import serve
 
-from kiln_ray.app import build_app
 from kiln_ray.config import KilnConfig
+from kiln_ray.ingress import KilnIngress
 from kiln_ray.process import KilnProcess
+from kiln_ray.replica import KilnReplica
 
 
 @dataclass
@@ -36,7 +38,7 @@ class Result:
 
     def line(self) -> str:
         return (
-            f"{self.case:<22} {self.tokens:>6} tokens in {self.seconds:6.2f}s = "
+            f"{self.case:<24} {self.tokens:>6} tokens in {self.seconds:6.2f}s = "
             f"{self.tokens / self.seconds:7.1f} tok/s (load average {self.load:.2f} at start)"
         )
 
@@ -77,10 +79,11 @@ def _kiln_args(args: argparse.Namespace) -> list[str]:
 
 
 async def _direct(args: argparse.Namespace) -> Result:
+    """One `kiln serve` on all cores, no Ray: the baseline."""
     process = KilnProcess(KilnConfig(binary=args.binary, args=tuple(_kiln_args(args))))
     await process.start()
     try:
-        return await _waves(process.url, args, "kiln alone")
+        return await _waves(process.url, args, f"kiln alone, {os.cpu_count()} cores")
     finally:
         process.stop()
 
@@ -93,26 +96,47 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--kv-cache-memory", default="256MiB")
     parser.add_argument("--replicas", type=int, nargs="+", default=[1, 2])
+    parser.add_argument(
+        "--cores", type=int, default=os.cpu_count() or 1, help="split over the replicas (num_cpus, KILN_NUM_THREADS)"
+    )
+    parser.add_argument(
+        "--repeats", type=int, default=2, help="runs of every case, in A B C C B A order against drift"
+    )
     args = parser.parse_args()
 
-    results = [asyncio.run(_direct(args))]
-    print(results[-1].line(), flush=True)
-    ray.init(num_cpus=4, include_dashboard=False, logging_level="warning", log_to_driver=False)
+    cases: list[int] = [0, *args.replicas]  # 0: kiln alone, without Ray
+    order = [c for r in range(args.repeats) for c in (cases if r % 2 == 0 else cases[::-1])]
+    results: dict[int, list[Result]] = {c: [] for c in cases}
+    ray.init(num_cpus=args.cores + 1, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
     try:
         port = _free_port()
         serve.start(http_options={"host": "127.0.0.1", "port": port})
-        for n in args.replicas:
-            app = build_app({"binary": args.binary, "args": _kiln_args(args), "num_replicas": n})
-            serve.run(app, name="kiln", route_prefix="/")
-            results.append(asyncio.run(_waves(f"http://127.0.0.1:{port}", args, f"Ray Serve, {n} replica(s)")))
-            print(results[-1].line(), flush=True)
-            serve.delete("kiln")
+        config = KilnConfig(binary=args.binary, args=tuple(_kiln_args(args)))
+        for n in order:
+            if n == 0:
+                result = asyncio.run(_direct(args))
+            else:
+                cpus = max(1, args.cores // n)
+                replica = KilnReplica.options(
+                    num_replicas=n, autoscaling_config=None, ray_actor_options={"num_cpus": cpus}
+                )
+                serve.run(KilnIngress.bind(replica.bind(config)), name="kiln", route_prefix="/")
+                result = asyncio.run(_waves(f"http://127.0.0.1:{port}", args, f"Ray Serve, {n} x {cpus} CPU"))
+                serve.delete("kiln")
+            results[n].append(result)
+            print(result.line(), flush=True)
     finally:
         serve.shutdown()
         ray.shutdown()
-    print(f"\n{args.concurrency} concurrent requests x {args.rounds} rounds, {args.max_tokens} tokens each:")
-    for r in results:
-        print(r.line())
+    print(
+        f"\n{args.concurrency} concurrent requests x {args.rounds} rounds, {args.max_tokens} tokens each "
+        f"(ignore_eos), {args.cores} cores; output tok/s per run, best last:"
+    )
+    for n in cases:
+        runs = results[n]
+        rates = ", ".join(f"{r.tokens / r.seconds:.1f} (load {r.load:.1f})" for r in runs)
+        best = max(r.tokens / r.seconds for r in runs)
+        print(f"  {runs[0].case:<24} {rates}; best {best:.1f}")
 
 
 if __name__ == "__main__":

@@ -15,9 +15,10 @@ def build_app(args: Optional[Mapping[str, Any]] = None) -> Application:
     """Builds ingress + replicas from application args.
 
     Keys: those of `KilnConfig` (binary, args, startup_timeout_s,
-    request_timeout_s, health_timeout_s, extra_env), `retries` (how often
-    the ingress resends a request that never reached kiln, default 1) and
-    `num_replicas` (a fixed replica count instead of autoscaling).
+    request_timeout_s, health_timeout_s, extra_env, threads_from_num_cpus),
+    `retries` (how often the ingress resends a request that never reached
+    kiln, default 1) and `num_replicas` (a fixed replica count instead of
+    autoscaling).
     Deployment options (replicas, autoscaling, resources) come from the
     decorators or the config file's `deployments` section.
     """
@@ -26,8 +27,9 @@ def build_app(args: Optional[Mapping[str, Any]] = None) -> Application:
     if retries < 0:
         raise ConfigError("retries must be >= 0")
     num_replicas = values.pop("num_replicas", None)
+    # The binary is looked up by each replica, on its own node: the node that
+    # runs `serve run` need not have it.
     config = KilnConfig.from_dict(values)
-    config.resolved_binary()  # fail at deploy time, not in every replica
     replica = KilnReplica
     if num_replicas is not None:
         if int(num_replicas) < 1:

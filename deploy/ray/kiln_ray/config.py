@@ -37,6 +37,10 @@ class KilnConfig:
     extra_env: Mapping[str, str] = field(default_factory=dict)
     """Environment variables added for the process (e.g. RUST_LOG)."""
 
+    threads_from_num_cpus: bool = True
+    """Size kiln's CPU thread pool (KILN_NUM_THREADS) to the replica's Ray CPUs
+    (`ray_actor_options.num_cpus`, at least 1), unless KILN_NUM_THREADS is set."""
+
     def __post_init__(self) -> None:
         for arg in self.args:
             name = arg.split("=", 1)[0]
@@ -51,7 +55,15 @@ class KilnConfig:
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any]) -> "KilnConfig":
         """Builds a config from `serve run` application args (unknown keys are errors)."""
-        known = {"binary", "args", "startup_timeout_s", "request_timeout_s", "health_timeout_s", "extra_env"}
+        known = {
+            "binary",
+            "args",
+            "startup_timeout_s",
+            "request_timeout_s",
+            "health_timeout_s",
+            "extra_env",
+            "threads_from_num_cpus",
+        }
         unknown = sorted(set(raw) - known)
         if unknown:
             raise ConfigError(f"unknown kiln config keys {unknown}; known: {sorted(known)}")
@@ -66,6 +78,8 @@ class KilnConfig:
         for name in ("startup_timeout_s", "request_timeout_s", "health_timeout_s"):
             if name in values:
                 values[name] = float(values[name])
+        if "threads_from_num_cpus" in values and not isinstance(values["threads_from_num_cpus"], bool):
+            raise ConfigError("threads_from_num_cpus must be true or false")
         return cls(**values)
 
     def resolved_binary(self) -> str:

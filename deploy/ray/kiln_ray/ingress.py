@@ -6,9 +6,10 @@ import asyncio
 import dataclasses
 import json
 import logging
-from typing import Any, AsyncIterator, Optional, Union
+from typing import Any, AsyncIterator, Optional, Union, cast
 
 from ray import serve
+from ray.serve import Deployment
 from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
@@ -35,13 +36,7 @@ ROUTES = {
 _FORWARDED_HEADERS = ("content-type", "authorization", "accept")
 
 
-@serve.deployment(
-    name="KilnIngress",
-    num_replicas=1,
-    max_ongoing_requests=1024,
-    ray_actor_options={"num_cpus": 0.25},
-)
-class KilnIngress:
+class KilnIngressServer:
     """Serve's HTTP ingress: proxies the OpenAI endpoints to `KilnReplica`.
 
     It reads the JSON body once to find the prompt, so the handle's router
@@ -96,7 +91,7 @@ class KilnIngress:
     ) -> Union[Response, tuple[ResponseHead, DeploymentResponseGenerator]]:
         avoid: frozenset[str] = frozenset()
         for attempt in range(self._retries + 1):
-            chunks = self._replicas.forward.remote(_with_avoid(request, avoid))
+            chunks = cast(DeploymentResponseGenerator, self._replicas.forward.remote(_with_avoid(request, avoid)))
             try:
                 head = await asyncio.wait_for(chunks.__anext__(), timeout=self._timeout_s)
             except asyncio.TimeoutError:
@@ -141,3 +136,11 @@ def _json(body: bytes) -> Optional[Any]:
 
 def _error(status: int, message: str) -> Response:
     return Response(error_body(status, message), status_code=status, media_type="application/json")
+
+
+KilnIngress: Deployment = serve.deployment(
+    name="KilnIngress",
+    num_replicas=1,
+    max_ongoing_requests=1024,
+    ray_actor_options={"num_cpus": 0.25},
+)(KilnIngressServer)

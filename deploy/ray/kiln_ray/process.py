@@ -43,8 +43,10 @@ def _die_with_parent() -> None:
 class KilnProcess:
     """One `kiln serve` child: its log is forwarded to the replica's logger."""
 
-    def __init__(self, config: KilnConfig) -> None:
+    def __init__(self, config: KilnConfig, num_cpus: Optional[float] = None) -> None:
+        """`num_cpus`: the CPUs Ray gave the replica, for KILN_NUM_THREADS."""
         self._config = config
+        self._num_cpus = num_cpus
         self._proc: Optional[subprocess.Popen[bytes]] = None
         self._url: Optional[str] = None
         self._tail: Deque[str] = collections.deque(maxlen=40)
@@ -70,7 +72,9 @@ class KilnProcess:
         """Spawns the process and waits until its /health answers 200."""
         command = self._config.command()
         env = {**os.environ, **self._config.extra_env}
-        logger.info("starting %s", " ".join(command))
+        if self._config.threads_from_num_cpus and self._num_cpus and "KILN_NUM_THREADS" not in env:
+            env["KILN_NUM_THREADS"] = str(max(1, int(self._num_cpus)))
+        logger.info("starting %s (KILN_NUM_THREADS=%s)", " ".join(command), env.get("KILN_NUM_THREADS", "all cores"))
         self._proc = subprocess.Popen(
             command,
             stdin=subprocess.DEVNULL,

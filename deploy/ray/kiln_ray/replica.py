@@ -6,7 +6,9 @@ import logging
 from typing import AsyncIterator, Optional, Union
 
 import httpx
+import ray
 from ray import serve
+from ray.serve import Deployment
 from ray.serve.config import RequestRouterConfig
 
 from kiln_ray.config import KilnConfig
@@ -21,17 +23,7 @@ ROUTER_CLASS = "kiln_ray.router.PrefixAffinityRouter"
 _HOP_HEADERS = frozenset({"connection", "content-length", "transfer-encoding", "keep-alive", "date", "server"})
 
 
-@serve.deployment(
-    name="KilnReplica",
-    max_ongoing_requests=64,
-    health_check_period_s=2,
-    health_check_timeout_s=10,
-    graceful_shutdown_timeout_s=30,
-    ray_actor_options={"num_cpus": 1},
-    autoscaling_config={"min_replicas": 1, "max_replicas": 4, "target_ongoing_requests": 16},
-    request_router_config=RequestRouterConfig(request_router_class=ROUTER_CLASS),
-)
-class KilnReplica:
+class KilnReplicaServer:
     """Starts `kiln serve` on a free local port and relays requests to it.
 
     Serve calls `check_health` every `health_check_period_s`: it fails once the
@@ -40,10 +32,11 @@ class KilnReplica:
     process dies end with a 502 (or an error event in a stream) at once.
     """
 
-    async def __init__(self, config: KilnConfig) -> None:
+    async def __init__(self, config: KilnConfig) -> None:  # type: ignore[misc]  # Serve awaits it
         self._config = config
         self._replica = serve.get_replica_context().replica_id.unique_id
-        self._process = KilnProcess(config)
+        cpus = ray.get_runtime_context().get_assigned_resources().get("CPU")
+        self._process = KilnProcess(config, num_cpus=cpus)
         await self._process.start()
         self._client = httpx.AsyncClient(
             base_url=self._process.url,
@@ -124,3 +117,16 @@ class KilnReplica:
             f"kiln on replica {self._replica} exited (status {self._process.exit_code()}) {when}; "
             "Ray Serve is replacing the replica, retry the request"
         )
+
+
+KilnReplica: Deployment = serve.deployment(
+    name="KilnReplica",
+    max_ongoing_requests=64,
+    health_check_period_s=2,
+    health_check_timeout_s=10,
+    graceful_shutdown_timeout_s=30,
+    ray_actor_options={"num_cpus": 1},
+    autoscaling_config={"min_replicas": 1, "max_replicas": 4, "target_ongoing_requests": 16},
+    # A dotted path, as in a config file (the stubs only know the dict form).
+    request_router_config=RequestRouterConfig(request_router_class=ROUTER_CLASS),  # type: ignore[arg-type]
+)(KilnReplicaServer)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import random
 from collections import OrderedDict
-from typing import List, Optional
+from typing import Any, List, Optional
 
 from ray.serve.request_router import (
     PendingRequest,
@@ -59,7 +59,7 @@ class PrefixAffinityRouter(RequestRouter):
         self.max_entries = max_entries
         self.max_prefix_chars = max_prefix_chars
 
-    def __init__(self, *args: object, **kwargs: object) -> None:
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         # Prefix key -> replica that most recently served it, oldest first.
         self._owners: "OrderedDict[int, ReplicaID]" = OrderedDict()

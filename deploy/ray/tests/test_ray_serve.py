@@ -19,6 +19,7 @@ Run: KILN_BINARY=path/to/kiln python -m unittest -v deploy/ray/tests/test_ray_se
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import socket
@@ -61,7 +62,7 @@ def _running_replicas() -> int:
     deployment = app.deployments.get("KilnReplica")
     if deployment is None:
         return 0
-    return int(deployment.replica_states.get("RUNNING", 0))
+    return sum(n for state, n in deployment.replica_states.items() if state == "RUNNING")
 
 
 def _wait_for_replicas(count: int, timeout_s: float) -> None:
@@ -78,7 +79,7 @@ def setUpModule() -> None:
     binary = os.environ.get("KILN_BINARY")
     if not binary:
         raise unittest.SkipTest("set KILN_BINARY to the kiln binary")
-    ray.init(num_cpus=4, include_dashboard=False, logging_level="warning", log_to_driver=False)
+    ray.init(num_cpus=4, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
     _port = _free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": _port})
     app = build_app({"binary": binary, "args": KILN_ARGS, "num_replicas": REPLICAS, "startup_timeout_s": 120})
