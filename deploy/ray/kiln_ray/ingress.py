@@ -142,5 +142,5 @@ KilnIngress: Deployment = serve.deployment(
     name="KilnIngress",
     num_replicas=1,
     max_ongoing_requests=1024,
-    ray_actor_options={"num_cpus": 0.25},
+    ray_actor_options={"num_cpus": 0},
 )(KilnIngressServer)
