@@ -56,7 +56,10 @@ async def _waves(base: str, args: argparse.Namespace, case: str) -> Result:
     async with httpx.AsyncClient(timeout=600) as client:
 
         async def wave(tag: str) -> int:
-            prompts = [f"{tag} {i}: a short story about harbour number {i * 37 % 101}" for i in range(args.concurrency)]
+            prompts = [
+                f"{tag} {i}: a short story about harbour number {i * 37 % 101}"
+                for i in range(args.concurrency)
+            ]
             return sum(await asyncio.gather(*(_one(client, base, p, args.max_tokens) for p in prompts)))
 
         await wave("warm-up")
@@ -89,7 +92,9 @@ async def _direct(args: argparse.Namespace) -> Result:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--binary", default=os.environ.get("KILN_BINARY", "kiln"))
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--max-tokens", type=int, default=64)
@@ -97,7 +102,10 @@ def main() -> None:
     parser.add_argument("--kv-cache-memory", default="256MiB")
     parser.add_argument("--replicas", type=int, nargs="+", default=[1, 2])
     parser.add_argument(
-        "--cores", type=int, default=os.cpu_count() or 1, help="split over the replicas (num_cpus, KILN_NUM_THREADS)"
+        "--cores",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="split over the replicas (num_cpus, KILN_NUM_THREADS)",
     )
     parser.add_argument(
         "--repeats", type=int, default=2, help="runs of every case, in A B C C B A order against drift"
@@ -107,7 +115,9 @@ def main() -> None:
     cases: list[int] = [0, *args.replicas]  # 0: kiln alone, without Ray
     order = [c for r in range(args.repeats) for c in (cases if r % 2 == 0 else cases[::-1])]
     results: dict[int, list[Result]] = {c: [] for c in cases}
-    ray.init(num_cpus=args.cores + 1, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
+    ray.init(
+        num_cpus=args.cores + 1, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False
+    )
     try:
         port = _free_port()
         serve.start(http_options={"host": "127.0.0.1", "port": port})

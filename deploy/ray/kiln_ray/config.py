@@ -46,7 +46,8 @@ class KilnConfig:
             name = arg.split("=", 1)[0]
             if name in _MANAGED_FLAGS:
                 raise ConfigError(
-                    f"`{arg}` is set by kiln_ray (each replica listens on a free local port); remove it from args"
+                    f"`{arg}` is set by kiln_ray (each replica listens on a free local port); "
+                    "remove it from args"
                 )
         for name in ("startup_timeout_s", "request_timeout_s", "health_timeout_s"):
             if getattr(self, name) <= 0:

@@ -82,8 +82,12 @@ class KilnIngressServer:
             except Exception as e:  # the replica's actor died between head and body
                 return _error(502, f"replica {head.replica} failed while answering: {e!r}")
             headers.pop("content-type", None)
-            return Response(content, status_code=head.status, headers=headers,
-                            media_type=dict(head.headers).get("content-type", "application/json"))
+            return Response(
+                content,
+                status_code=head.status,
+                headers=headers,
+                media_type=dict(head.headers).get("content-type", "application/json"),
+            )
         return StreamingResponse(_relay(chunks, head.replica), status_code=head.status, headers=headers)
 
     async def _open(
@@ -91,7 +95,9 @@ class KilnIngressServer:
     ) -> Union[Response, tuple[ResponseHead, DeploymentResponseGenerator]]:
         avoid: frozenset[str] = frozenset()
         for attempt in range(self._retries + 1):
-            chunks = cast(DeploymentResponseGenerator, self._replicas.forward.remote(_with_avoid(request, avoid)))
+            chunks = cast(
+                DeploymentResponseGenerator, self._replicas.forward.remote(_with_avoid(request, avoid))
+            )
             try:
                 head = await asyncio.wait_for(chunks.__anext__(), timeout=self._timeout_s)
             except asyncio.TimeoutError:

@@ -13,7 +13,7 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Deque, Optional
+from typing import Callable, Deque, Optional
 
 import httpx
 
@@ -31,13 +31,19 @@ class KilnStartError(RuntimeError):
     """The process exited or did not become healthy in time."""
 
 
-def _die_with_parent() -> None:
-    """In the child, before exec: SIGTERM when the replica's process dies (Linux)."""
-    if sys.platform.startswith("linux"):
-        try:
-            ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-        except OSError:
-            pass
+def _parent_death_signal() -> Optional[Callable[[], None]]:
+    """A pre-exec hook: the child gets SIGTERM when the replica's process dies (Linux).
+
+    prctl is resolved here, in the parent: the hook itself only calls it, so
+    the forked child takes no loader or import locks.
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    return lambda: prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 class KilnProcess:
@@ -74,14 +80,16 @@ class KilnProcess:
         env = {**os.environ, **self._config.extra_env}
         if self._config.threads_from_num_cpus and self._num_cpus and "KILN_NUM_THREADS" not in env:
             env["KILN_NUM_THREADS"] = str(max(1, int(self._num_cpus)))
-        logger.info("starting %s (KILN_NUM_THREADS=%s)", " ".join(command), env.get("KILN_NUM_THREADS", "all cores"))
+        logger.info(
+            "starting %s (KILN_NUM_THREADS=%s)", " ".join(command), env.get("KILN_NUM_THREADS", "all cores")
+        )
         self._proc = subprocess.Popen(
             command,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             env=env,
-            preexec_fn=_die_with_parent,
+            preexec_fn=_parent_death_signal(),
         )
         threading.Thread(target=self._pump_log, name=f"kiln-log-{self._proc.pid}", daemon=True).start()
         deadline = time.monotonic() + self._config.startup_timeout_s

@@ -20,7 +20,9 @@ logger = logging.getLogger("ray.serve")
 ROUTER_CLASS = "kiln_ray.router.PrefixAffinityRouter"
 
 # Headers that describe one hop, not the response.
-_HOP_HEADERS = frozenset({"connection", "content-length", "transfer-encoding", "keep-alive", "date", "server"})
+_HOP_HEADERS = frozenset(
+    {"connection", "content-length", "transfer-encoding", "keep-alive", "date", "server"}
+)
 
 
 class KilnReplicaServer:

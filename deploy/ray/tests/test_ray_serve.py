@@ -85,7 +85,9 @@ def setUpModule() -> None:
     app = build_app({"binary": binary, "args": KILN_ARGS, "num_replicas": REPLICAS, "startup_timeout_s": 120})
     serve.run(app, name=APP, route_prefix="/", blocking=False)
     _wait_for_replicas(REPLICAS, 180)
-    _client = OpenAI(base_url=f"http://127.0.0.1:{_port}/v1", api_key="unused", max_retries=0, timeout=TIMEOUT_S)
+    _client = OpenAI(
+        base_url=f"http://127.0.0.1:{_port}/v1", api_key="unused", max_retries=0, timeout=TIMEOUT_S
+    )
     _model = _client.models.list().data[0].id
 
 
@@ -268,8 +270,11 @@ class T4Faults(unittest.TestCase):
             with ThreadPoolExecutor(8) as pool:
                 seen = set(pool.map(_replica_or_error, range(8)))
             if seen == {s for s in seen if s} and len(seen) == REPLICAS and victim not in seen:
-                print(f"  replaced: serving from {sorted(seen)} {time.monotonic() - killed_at:.1f}s after the kill",
-                      file=sys.stderr)
+                print(
+                    f"  replaced: serving from {sorted(seen)} "
+                    f"{time.monotonic() - killed_at:.1f}s after the kill",
+                    file=sys.stderr,
+                )
                 break
             self.assertLess(time.monotonic(), deadline, f"no replacement replica: serving {seen}")
             time.sleep(2)
