@@ -116,7 +116,11 @@ def main() -> None:
     order = [c for r in range(args.repeats) for c in (cases if r % 2 == 0 else cases[::-1])]
     results: dict[int, list[Result]] = {c: [] for c in cases}
     ray.init(
-        num_cpus=args.cores + 1, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False
+        address="local",
+        num_cpus=args.cores + 1,
+        include_dashboard=False,
+        logging_level=logging.WARNING,
+        log_to_driver=False,
     )
     try:
         port = _free_port()

@@ -79,7 +79,13 @@ def setUpModule() -> None:
     binary = os.environ.get("KILN_BINARY")
     if not binary:
         raise unittest.SkipTest("set KILN_BINARY to the kiln binary")
-    ray.init(num_cpus=4, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
+    ray.init(
+        address="local",
+        num_cpus=4,
+        include_dashboard=False,
+        logging_level=logging.WARNING,
+        log_to_driver=False,
+    )
     _port = _free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": _port})
     app = build_app({"binary": binary, "args": KILN_ARGS, "num_replicas": REPLICAS, "startup_timeout_s": 120})
