@@ -1,6 +1,10 @@
 """Turn the outputs of bench/compare/run.sh into docs/bench/cpu-vs-peers.md.
 
-Usage: report.py WORK_DIR LOAD_BEFORE LOAD_AFTER THREADS
+Usage: report.py WORK_DIR LOAD_BEFORE LOAD_AFTER THREADS [PREVIOUS_REPORT]
+
+Everything from the line `<!-- analysis -->` on in PREVIOUS_REPORT (the
+hand-written reading of the misses, with profile evidence) is kept below the
+new table.
 """
 
 import json
@@ -19,8 +23,58 @@ def first_float(pattern, text):
     return float(m.group(1)) if m else None
 
 
+UNITS = {"ns": 1e-9, "µs": 1e-6, "us": 1e-6, "ms": 1e-3, "s": 1.0}
+
+
+def seconds(text):
+    """`2.39 ms` -> 0.00239."""
+    value, unit = text.split()
+    return float(value) * UNITS[unit]
+
+
+def bench_rows(markdown):
+    """The case rows of a `kiln bench` summary: case -> dict of its columns."""
+    rows = {}
+    for line in markdown.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) != 8 or not cells[0].startswith("`"):
+            continue
+        case, backend, time, gflops, gbs, bound, _, pct_bw = cells
+        rows[case.strip("`")] = {
+            "backend": backend,
+            "seconds": seconds(time),
+            "gflops": float(gflops),
+            "gbs": float(gbs),
+            "bound": bound,
+            "pct_bw": float(pct_bw.strip("*%")) if pct_bw.strip("*%") not in ("", "—") else None,
+        }
+    return rows
+
+
+def roof_line(markdown, label):
+    """The all-threads figure of a roofline row of the summary header."""
+    for line in markdown.splitlines():
+        if line.startswith(f"| {label}"):
+            m = re.search(r"([0-9.]+) (GB|GFLOP)/s \(\d+ threads\)", line)
+            return float(m.group(1)) if m else None
+    return None
+
+
+ANALYSIS_MARKER = "<!-- analysis -->"
+
+
+def kept_analysis(path):
+    """The hand-written tail of the previous report, from the marker on."""
+    if not path or not os.path.exists(path):
+        return None
+    text = read(path)
+    at = text.find(ANALYSIS_MARKER)
+    return text[at:] if at >= 0 else None
+
+
 def main():
     work, load_before, load_after, threads = sys.argv[1:5]
+    analysis = kept_analysis(sys.argv[5] if len(sys.argv) > 5 else None)
     rows = []
 
     def row(measure, target, kiln, peer, peer_name, unit, higher_is_better=True):
@@ -35,6 +89,48 @@ def main():
     kiln_sgemm = first_float(r"f32 gemm 1024³: best\s+[0-9.]+ ms; GFLOP/s\s+([0-9.]+)", gemm)
     row("f32 GEMM 1024³", "≥ 1.0×", kiln_sgemm, numpy, "numpy/OpenBLAS", "GFLOP/s")
 
+    kernels_path = os.path.join(work, "kernels.md")
+    kernels = read(kernels_path) if os.path.exists(kernels_path) else ""
+    cases = bench_rows(kernels)
+    dram, l3 = roof_line(kernels, "DRAM read"), roof_line(kernels, "L3 read")
+
+    def bw_row(measure, target, pattern, roof_name, roof, need):
+        """Each case matching `pattern`: its GB/s against the measured roof."""
+        found = sorted(c for c in cases if re.search(pattern, c))
+        if not found:
+            rows.append((measure, target, "—", "—", "n/a", "not measured"))
+        for c in found:
+            r = cases[c]
+            frac = r["gbs"] / roof if roof else None
+            miss = "" if frac is None or frac >= need else "misses: see below"
+            rows.append((f"{measure}: `{c}`", target, f"{r['gbs']:.1f} GB/s ({r['seconds'] * 1e3:.2f} ms)",
+                         f"{roof:.1f} GB/s ({roof_name}, measured)" if roof else "—",
+                         f"{frac:.0%}" if frac is not None else "n/a", miss))
+
+    int4 = r"^quant_gemm/(q4_0|q4_1|awq|gptq4)(_int8)?/"
+    bw_row("int4 matvec, cold", "≥ 80% of DRAM read", int4 + r".*/cold$", "DRAM read", dram, 0.8)
+    bw_row("int4 matvec, cache-resident", "≥ 70% of L3 read", int4 + r".*/hot$", "L3 read", l3, 0.7)
+    bw_row("FP8 / Q8_0 matvec, cold", "≥ 80% of DRAM read", r"^quant_gemm/(q8_0|fp8)(_int8)?/.*/cold$", "DRAM read",
+           dram, 0.8)
+    bw_row("paged decode attention", "≥ 70% of read BW on KV bytes", r"^paged_attention/.*decode_b32_ctx2k/cold$",
+           "DRAM read", dram, 0.7)
+
+    sdpa_path = os.path.join(work, "sdpa.json")
+    sdpa = json.loads(read(sdpa_path)) if os.path.exists(sdpa_path) else {}
+    flash = sorted(c for c in cases if c.startswith("flash_attention/"))
+    if not flash:
+        rows.append(("flash attention prefill", "≥ 1.0×", "—", "—", "n/a", "not measured"))
+    for c in flash:
+        label = c.removeprefix("flash_attention/").removesuffix("/hot")
+        kiln_s, torch_s = cases[c]["seconds"], sdpa.get(label)
+        if torch_s is None:
+            rows.append((f"flash attention `{label}`", "≥ 1.0×", f"{kiln_s * 1e3:.2f} ms", "—", "n/a",
+                         "PyTorch not measured"))
+            continue
+        rows.append((f"flash attention `{label}`", "≥ 1.0×", f"{kiln_s * 1e3:.2f} ms",
+                     f"{torch_s * 1e3:.2f} ms (PyTorch {sdpa.get('torch', '?')} SDPA)", f"{torch_s / kiln_s:.2f}×",
+                     ""))
+
     bench = json.loads(read(os.path.join(work, "llama-bench.json")))
     pp = next((b["avg_ts"] for b in bench if b.get("n_prompt", 0) > 0 and b.get("n_gen", 0) == 0), None)
     tg = next((b["avg_ts"] for b in bench if b.get("n_gen", 0) > 0 and b.get("n_prompt", 0) == 0), None)
@@ -48,6 +144,10 @@ def main():
     decode = read(os.path.join(work, "kiln-decode.txt"))
     kiln_tg = first_float(r"decode ([0-9.]+) tokens/s", decode)
     row("single-stream decode", "≥ 1.2×", kiln_tg, tg, "llama-bench tg64", "tok/s")
+    exact_path = os.path.join(work, "kiln-decode-exact.txt")
+    if os.path.exists(exact_path):
+        kiln_tg_exact = first_float(r"decode ([0-9.]+) tokens/s", read(exact_path))
+        row("single-stream decode, `--precision exact`", "(reported)", kiln_tg_exact, tg, "llama-bench tg64", "tok/s")
 
     for c in (1, 16):
         k = os.path.join(work, f"kiln-serve-{c}.json")
@@ -66,15 +166,22 @@ def main():
 
     print("# Kiln vs peers on the CPU\n")
     print(f"Measured in one run of `bash bench/compare/run.sh`, {threads} threads, "
-          f"default model (SmolLM2-135M-Instruct Q4_1 GGUF). Load average before / after: "
+          f"default model (SmolLM2-135M-Instruct Q4_1 GGUF); Kiln with `--precision auto` (int8 activations "
+          f"in the quantised products, llama.cpp's arithmetic) unless a row says otherwise. "
+          f"Load average before / after: "
           f"{load_before} / {load_after}. Ratios are Kiln over the peer (for latencies, the peer over Kiln), "
           "so > 1 means Kiln is faster.\n")
     print("| measure | target | Kiln | peer | ratio | note |")
     print("|---|---|--:|--:|--:|---|")
     for r in rows:
         print("| " + " | ".join(r) + " |")
+    print("\nKernel rows: `kiln bench --device cpu` in the same run, best of its samples; GB/s counts the bytes "
+          "the op must read (weights, scales, KV cache), read against the roofline measured at the start of "
+          "that bench run (cold cases cycle through copies of the operand larger than the L3).")
     print("\nServing rows: 32 requests, ~128-word prompts, 64 output tokens, `ignore_eos`, all sent at once "
           "under the concurrency cap, measured by `kiln-bench-serve` against each server in turn.")
+    if analysis:
+        print("\n" + analysis.rstrip("\n"))
 
 
 if __name__ == "__main__":

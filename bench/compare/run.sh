@@ -3,13 +3,17 @@
 #
 #   bash bench/compare/run.sh            # everything, writes docs/bench/cpu-vs-peers.md
 #   SKIP_SERVE=1 bash bench/compare/run.sh   # kernels and llama-bench only
+#   SKIP_TORCH=1 bash bench/compare/run.sh   # without PyTorch (a ~2.5 GB install)
 #
 # Builds the peers from the registries into a private folder, once
 # ($KILN_PEERS_DIR, default ~/.cache/kiln/peers): llama.cpp from the source
 # distribution of llama-cpp-python on PyPI (its vendor/llama.cpp, with cmake
-# and ninja from PyPI; ~6 minutes on 2 cores) and numpy (OpenBLAS sgemm).
-# Then runs the same work with the same threads on Kiln and on each peer and
-# writes a markdown table of ratios. Not part of CI: it takes minutes and
+# and ninja from PyPI; ~6 minutes on 2 cores), numpy (OpenBLAS sgemm) and
+# PyTorch (CPU scaled_dot_product_attention; its wheel drags the CUDA
+# libraries along, ~2.5 GB). Then runs the same work with the same threads on
+# Kiln and on each peer, times Kiln's bandwidth-bound kernels against the
+# roofline `kiln bench` measures in the same run, and writes a markdown table
+# of ratios. Not part of CI: it takes minutes and
 # measures speed, which a shared CI machine cannot judge.
 set -euo pipefail
 
@@ -51,6 +55,14 @@ if [ ! -x "$llama/llama-bench" ] || [ ! -x "$llama/llama-server" ] ||
     echo "$flags" >"$peers/llama.cpp/kiln-flags"
 fi
 
+torch_venv="$peers/torch-venv"
+if [ -z "${SKIP_TORCH:-}" ] && [ ! -x "$torch_venv/bin/python" ]; then
+    log "installing PyTorch 2.15.0 into $torch_venv"
+    python3 -m venv "$torch_venv"
+    "$torch_venv/bin/python" -m pip install --quiet --disable-pip-version-check torch==2.15.0 numpy ||
+        log "PyTorch did not install: the flash-attention rows will say not measured"
+fi
+
 log "building kiln (release)"
 cargo build --release --locked -p engine --bin kiln -p bench --bin kiln-bench-serve \
     -p kernels-cpu --example gemm_speed >&2
@@ -71,16 +83,40 @@ print(2 * 1024**3 / best / 1e9)
 PY
 KILN_NUM_THREADS=$threads "$bin/examples/gemm_speed" >"$work/gemm_speed.txt"
 
+# Kiln's kernels against the roofline of this run (`kiln bench` measures
+# peak FLOP/s and DRAM / L3 read bandwidth first): 4-bit, 8-bit and FP8
+# matvecs on Llama-3-8B's projections (4096×4096 and 4096×14336), exact and
+# with int8 activations (`_int8`), cache-resident (hot) and cycling
+# through more weights than the L3 holds (cold); paged decode attention,
+# batch 32 at 2k context; causal flash attention at 512 and 2k tokens.
+log "kiln bench (kernels against the roofline)"
+kernels='^(quant_gemm/(q4_0|q4_1|awq|gptq4|q8_0|fp8)(_int8)?/llama3-8b\.[a-z_]+/decode_b1/(hot|cold)'
+kernels+='|paged_attention/(f32|f16)q_f16kv/llama3-8b/decode_b32_ctx2k/cold'
+kernels+='|flash_attention/f32/[a-z0-9.-]+/prefill_(512|2k)/hot)/cpu$'
+KILN_NUM_THREADS=$threads "$bin/kiln" bench --device cpu --filter "$kernels" >"$work/kernels.md"
+
+if [ -z "${SKIP_TORCH:-}" ] && [ -x "$torch_venv/bin/python" ]; then
+    log "PyTorch scaled_dot_product_attention"
+    OMP_NUM_THREADS=$threads "$torch_venv/bin/python" "$root/bench/compare/sdpa.py" "$threads" \
+        >"$work/sdpa.json" || log "PyTorch SDPA failed: the flash-attention rows will say not measured"
+fi
+
 # llama-bench: prefill 128 and decode 64 on the default model.
 log "llama-bench"
 "$llama/llama-bench" -m "$model" -t "$threads" -p 128 -n 64 -r 3 -o json >"$work/llama-bench.json"
 
-# Kiln: the same prompt length and generation length.
+# Kiln: the same prompt length and generation length, with llama.cpp's
+# arithmetic (`--precision auto`: activations quantised to int8 per 32 values
+# for the Q4_1 / Q8_0 products, as llama.cpp's Q8_1 / Q8_0 activations are),
+# and decode once more with the activations as given (`--precision exact`).
 log "kiln generate"
 prompt=$(python3 -c "print(' '.join(['word%d' % i for i in range(42)]))")
-KILN_NUM_THREADS=$threads "$bin/kiln" generate "$prompt" --max-tokens 1 2>"$work/kiln-prefill.txt" >/dev/null
+KILN_NUM_THREADS=$threads "$bin/kiln" generate "$prompt" --max-tokens 1 --precision auto \
+    2>"$work/kiln-prefill.txt" >/dev/null
 KILN_NUM_THREADS=$threads "$bin/kiln" generate "The capital of France is" --max-tokens 128 --ignore-eos \
-    2>"$work/kiln-decode.txt" >/dev/null
+    --precision auto 2>"$work/kiln-decode.txt" >/dev/null
+KILN_NUM_THREADS=$threads "$bin/kiln" generate "The capital of France is" --max-tokens 128 --ignore-eos \
+    --precision exact 2>"$work/kiln-decode-exact.txt" >/dev/null
 
 if [ -z "${SKIP_SERVE:-}" ]; then
     wait_ready() { # URL
@@ -100,7 +136,7 @@ if [ -z "${SKIP_SERVE:-}" ]; then
         kill "$pid"; wait "$pid" 2>/dev/null || true
 
         log "kiln serve, concurrency $c"
-        KILN_NUM_THREADS=$threads "$bin/kiln" serve --port 18081 >"$work/kiln-serve.log" 2>&1 &
+        KILN_NUM_THREADS=$threads "$bin/kiln" serve --port 18081 --precision auto >"$work/kiln-serve.log" 2>&1 &
         pid=$!
         wait_ready http://127.0.0.1:18081/health
         "$bin/kiln-bench-serve" --base-url http://127.0.0.1:18081 --num-prompts 32 --input-len 128 \
@@ -110,6 +146,7 @@ if [ -z "${SKIP_SERVE:-}" ]; then
 fi
 
 load_after=$(cut -d' ' -f1-3 /proc/loadavg)
-python3 "$root/bench/compare/report.py" "$work" "$load_before" "$load_after" "$threads" >"$out"
+python3 "$root/bench/compare/report.py" "$work" "$load_before" "$load_after" "$threads" "$out" >"$work/report.md"
+mv "$work/report.md" "$out"
 log "wrote $out"
 cat "$out"
