@@ -16,7 +16,7 @@ set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/kiln/target}"
-iters="${ITERS:-4}"
+iters="${ITERS:-2}"
 tolerance="${TOLERANCE_PCT:-2}"
 counts=bench/icount/counts.tsv
 update=""
