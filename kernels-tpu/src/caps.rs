@@ -1,0 +1,28 @@
+//! Capabilities of a PJRT device, and the limits `supports` adds to
+//! [`hal::Capabilities::check`].
+
+use hal::{Capabilities, DType, KvLayout, OpDesc, Precision, QuantFormat, Unsupported};
+
+/// What every device behind the PJRT plugin runs: the lowerings are plain
+/// StableHLO, so nothing here depends on the chip; `device` says which
+/// platform answered.
+pub(crate) fn capabilities(device: String) -> Capabilities {
+    Capabilities {
+        device,
+        memory_bytes: None,
+        activation_dtypes: vec![DType::F32, DType::F16, DType::BF16],
+        kv_cache_dtypes: vec![DType::F32, DType::F16, DType::BF16, DType::F8E4M3],
+        kv_layouts: vec![KvLayout::Nhd],
+        head_dims: Vec::new(),
+        block_sizes: Vec::new(),
+        quant_formats: vec![QuantFormat::Q4_0, QuantFormat::Q4_1, QuantFormat::Q8_0],
+        precisions: vec![Precision::Exact],
+        batch_invariant: false,
+        step_capture: false,
+    }
+}
+
+/// [`Capabilities::check`] plus this backend's own limits.
+pub(crate) fn supports(caps: &Capabilities, op: &OpDesc) -> Result<(), Unsupported> {
+    caps.check(op)
+}

@@ -1,0 +1,151 @@
+//! The paged KV cache: `write_kv` scatters new keys and values into their
+//! slots; `copy_blocks` gathers source blocks and scatters them to the
+//! destinations (every source read before any write).
+
+use hal::{Backend, DType, KvCache, Result, WriteKvArgs};
+
+use crate::device::{load, store, TpuDevice};
+use crate::elementwise::{el_of, load_f32, vk};
+use crate::hlo::{BResult, Builder, Cmp, El, ScatterDims, Val};
+
+/// Convert f32 values to the cache's element type; FP8 caches store
+/// `e4m3(x / scale)`.
+pub(crate) fn to_cache(b: &mut Builder, x: &Val, e: El, scale: f32) -> BResult<Val> {
+    if e == El::F8E4M3 {
+        let s = b.splat(x.ty.clone(), scale as f64);
+        let y = b.div(x, &s)?;
+        Ok(b.convert(&y, e))
+    } else {
+        Ok(b.convert(x, e))
+    }
+}
+
+/// Convert cache elements to f32, undoing the FP8 scale.
+pub(crate) fn from_cache(b: &mut Builder, x: &Val, scale: f32) -> BResult<Val> {
+    let f = b.convert(x, El::F32);
+    if x.ty.el == El::F8E4M3 {
+        let s = b.splat(f.ty.clone(), scale as f64);
+        b.mul(&f, &s)
+    } else {
+        Ok(f)
+    }
+}
+
+pub(crate) fn write_kv(dev: &TpuDevice, args: WriteKvArgs<'_>) -> Result<()> {
+    let t = args.validate(dev.name())?;
+    dev.check(&args.desc())?;
+    let op = "write_kv";
+    let s = args.cache.spec;
+    let ie = el_of(dev, op, args.key.dtype)?;
+    let ce = el_of(dev, op, s.dtype)?;
+    let (ks, vs) = (args.cache.k_scale, args.cache.v_scale);
+    let key = format!(
+        "write_kv|{}|{}|{}|{:?}|{}|{}",
+        vk(args.key.dtype, &args.key.layout),
+        vk(args.value.dtype, &args.value.layout),
+        vk(args.slot_mapping.dtype, &args.slot_mapping.layout),
+        s,
+        ks.to_bits(),
+        vs.to_bits()
+    );
+    let (kl, vl, sl) = (
+        args.key.layout.clone(),
+        args.value.layout.clone(),
+        args.slot_mapping.layout.clone(),
+    );
+    let slots = s.num_slots();
+    let row = s.num_kv_heads * s.head_dim;
+    let cache = args.cache;
+    dev.run(
+        op,
+        key,
+        &[args.key.buffer, args.value.buffer, args.slot_mapping.buffer],
+        &mut [&mut cache.key, &mut cache.value],
+        |b, ins, outs| {
+            let slot = load(b, &ins[2], El::I64, sl.offset(), sl.shape())?;
+            // Padding slots (< 0) go past the end, where scatter skips them.
+            let zero = b.splat(slot.ty.clone(), 0.0);
+            let past = b.splat(slot.ty.clone(), slots as f64);
+            let neg = b.compare(&slot, &zero, Cmp::Lt)?;
+            let slot = b.select(&neg, &past, &slot)?;
+            let idx = b.reshape(&slot, &[t, 1])?;
+            let mut res = Vec::new();
+            for (i, (l, scale)) in [(&kl, ks), (&vl, vs)].into_iter().enumerate() {
+                let x = load_f32(b, &ins[i], ie, l)?;
+                let x = b.reshape(&x, &[t, row])?;
+                let x = to_cache(b, &x, ce, scale)?;
+                let c = load(b, &outs[i], ce, 0, &[slots, row])?;
+                let c = b.scatter(
+                    &c,
+                    &idx,
+                    &x,
+                    &ScatterDims {
+                        update_window_dims: vec![1],
+                        inserted_window_dims: vec![0],
+                        scatter_dims_to_operand_dims: vec![0],
+                        index_vector_dim: 1,
+                    },
+                );
+                res.push(store(b, &outs[i], 0, &c)?);
+            }
+            Ok(res)
+        },
+    )
+}
+
+pub(crate) fn copy_blocks(
+    dev: &TpuDevice,
+    cache: &mut KvCache,
+    pairs: &[(u32, u32)],
+) -> Result<()> {
+    hal::ops::kv_cache::validate_copy_blocks(dev.name(), cache, pairs)?;
+    dev.check(&hal::ops::kv_cache::copy_blocks_desc(cache))?;
+    if pairs.is_empty() {
+        return Ok(());
+    }
+    let op = "copy_blocks";
+    let s = cache.spec;
+    let block_bytes = s.bytes() / s.num_blocks;
+    let mut ids = Vec::with_capacity(pairs.len() * 8);
+    for &(src, _) in pairs {
+        ids.extend_from_slice(&(src as i32).to_le_bytes());
+    }
+    for &(_, dst) in pairs {
+        ids.extend_from_slice(&(dst as i32).to_le_bytes());
+    }
+    let mut idx = dev.alloc_impl(ids.len())?;
+    dev.upload_impl(&mut idx, 0, &ids)?;
+    let p = pairs.len();
+    let nb = s.num_blocks;
+    let key = format!("copy_blocks|{nb}x{block_bytes}|{p}|{:?}", DType::I32);
+    dev.run(
+        op,
+        key,
+        &[&idx],
+        &mut [&mut cache.key, &mut cache.value],
+        |b, ins, outs| {
+            let all = load(b, &ins[0], El::I32, 0, &[2 * p])?;
+            let src = b.slice(&all, &[0], &[p])?;
+            let dst = b.slice(&all, &[p], &[2 * p])?;
+            let dst = b.reshape(&dst, &[p, 1])?;
+            let mut res = Vec::new();
+            for o in outs {
+                let c = load(b, o, El::U8, 0, &[nb, block_bytes])?;
+                let blocks = crate::elementwise::take_rows(b, &c, &src)?;
+                let c = b.scatter(
+                    &c,
+                    &dst,
+                    &blocks,
+                    &ScatterDims {
+                        update_window_dims: vec![1],
+                        inserted_window_dims: vec![0],
+                        scatter_dims_to_operand_dims: vec![0],
+                        index_vector_dim: 1,
+                    },
+                );
+                res.push(store(b, o, 0, &c)?);
+            }
+            Ok(res)
+        },
+    )
+}
