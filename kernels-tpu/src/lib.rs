@@ -185,6 +185,8 @@ mod tests {
                 assert!((f.open)(devs.len()).is_err(), "index past the last device");
             }
             Probe::Unavailable(reason) => {
+                let required = std::env::var("KILN_REQUIRE_TPU").is_ok_and(|v| v == "1");
+                assert!(!required, "KILN_REQUIRE_TPU=1 but no PJRT device: {reason}");
                 assert!(!reason.to_string().is_empty());
                 assert!((f.open)(0).is_err());
             }
