@@ -19,10 +19,7 @@ fn tpu_device() -> Option<Arc<dyn hal::Device>> {
         Ok(d) => Some(Arc::new(d)),
         Err(e) => {
             let required = std::env::var("KILN_REQUIRE_TPU").is_ok_and(|v| v == "1");
-            assert!(
-                !required,
-                "KILN_REQUIRE_TPU=1 but tpu:0 did not open: {e}"
-            );
+            assert!(!required, "KILN_REQUIRE_TPU=1 but tpu:0 did not open: {e}");
             println!("skipped: tpu:0 did not open: {e}");
             None
         }
