@@ -94,10 +94,37 @@ pub(crate) fn runtime() -> std::result::Result<Arc<Runtime>, Unavailable> {
     .clone()
 }
 
-/// A HAL buffer's private handle: its bytes as one device buffer.
+/// A HAL buffer's private handle: one device buffer holding its bytes,
+/// either as `ui8[len]` or (KV caches) as a typed dense array of the same
+/// bytes, so programs use it without reinterpreting it.
 #[derive(Debug)]
 pub(crate) struct Mem {
     pub(crate) buf: Buffer,
+    /// The device array's type (`ui8[len]` for plain buffers).
+    pub(crate) ty: Ty,
+}
+
+impl Mem {
+    /// A plain byte buffer of `len` bytes.
+    pub(crate) fn bytes(buf: Buffer, len: usize) -> Mem {
+        Mem {
+            buf,
+            ty: Ty::new(&[len], El::U8),
+        }
+    }
+}
+
+/// The PJRT element type of a device array type.
+fn element_type(e: El) -> Option<ElementType> {
+    Some(match e {
+        El::U8 => ElementType::U8,
+        El::I64 => ElementType::S64,
+        El::F16 => ElementType::F16,
+        El::F32 => ElementType::F32,
+        El::BF16 => ElementType::BF16,
+        El::F8E4M3 => ElementType::F8E4M3FN,
+        _ => return None,
+    })
 }
 
 /// One addressable device of the PJRT client (`tpu:N`).
@@ -228,7 +255,31 @@ impl TpuDevice {
             }
             other => other,
         })?;
-        Ok(DeviceBuffer::new(self.id, bytes, Mem { buf }))
+        Ok(DeviceBuffer::new(self.id, bytes, Mem::bytes(buf, bytes)))
+    }
+
+    /// A zero-filled buffer stored on the device as a dense array of `ty`
+    /// (its byte length is `ty`'s).
+    pub(crate) fn alloc_typed(&self, op: &'static str, ty: Ty) -> Result<DeviceBuffer> {
+        let bytes = ty.numel() * ty.el.bytes();
+        let pt = element_type(ty.el).ok_or_else(|| {
+            HalError::device(&self.name, op, format!("no PJRT type for {}", ty.mlir()))
+        })?;
+        let mut zeros = Vec::new();
+        zeros
+            .try_reserve_exact(bytes)
+            .map_err(|_| HalError::OutOfMemory {
+                backend: self.name.clone(),
+                bytes,
+            })?;
+        zeros.resize(bytes, 0u8);
+        let dims: Vec<i64> = ty.dims.iter().map(|&d| d as i64).collect();
+        let buf = self
+            .rt
+            .client
+            .buffer_from_host(self.index, &zeros, pt, &dims)
+            .map_err(|e| self.pjrt_err(op, e))?;
+        Ok(DeviceBuffer::new(self.id, bytes, Mem { buf, ty }))
     }
 
     pub(crate) fn upload_impl(
@@ -253,7 +304,23 @@ impl TpuDevice {
             return Ok(());
         }
         if offset == 0 && src.len() == len {
-            let buf = self.buffer_from("upload", src)?;
+            let ty = self.mem("upload", dst)?.ty.clone();
+            let buf = if ty.el == El::U8 {
+                self.buffer_from("upload", src)?
+            } else {
+                let pt = element_type(ty.el).ok_or_else(|| {
+                    HalError::device(
+                        &self.name,
+                        "upload",
+                        format!("no PJRT type for {}", ty.mlir()),
+                    )
+                })?;
+                let dims: Vec<i64> = ty.dims.iter().map(|&d| d as i64).collect();
+                self.rt
+                    .client
+                    .buffer_from_host(self.index, src, pt, &dims)
+                    .map_err(|e| self.pjrt_err("upload", e))?
+            };
             self.mem_mut("upload", dst)?.buf = buf;
             return Ok(());
         }
@@ -261,9 +328,7 @@ impl TpuDevice {
         let staged = DeviceBuffer::new(
             self.id,
             src.len(),
-            Mem {
-                buf: self.buffer_from("upload", src)?,
-            },
+            Mem::bytes(self.buffer_from("upload", src)?, src.len()),
         );
         let n = src.len();
         self.run(
@@ -272,9 +337,10 @@ impl TpuDevice {
             &[&staged],
             &mut [dst],
             |b, ins, outs| {
+                let bytes = as_bytes(b, &outs[0])?;
                 let at = b.scalar(El::I64, offset as f64);
-                let r = b.dynamic_update_slice(&outs[0], &ins[0], &[at])?;
-                Ok(vec![r])
+                let r = b.dynamic_update_slice(&bytes, &ins[0], &[at])?;
+                Ok(vec![from_bytes(b, &r, &outs[0].ty)?])
             },
         )
     }
@@ -352,24 +418,27 @@ impl TpuDevice {
         build: impl FnOnce(&mut Builder, &[Val], &[Val]) -> BResult<Vec<Val>>,
     ) -> Result<Arc<Executable>> {
         let mut full_key = key;
+        let mut in_tys = Vec::with_capacity(inputs.len());
         for b in inputs {
-            full_key.push_str(&format!("|i{}", b.len()));
+            let ty = self.mem(op, b)?.ty.clone();
+            full_key.push_str(&format!("|i{}", ty.mlir()));
+            in_tys.push(ty);
         }
+        let mut out_tys = Vec::with_capacity(outputs.len());
         for b in outputs {
-            full_key.push_str(&format!("|o{}", b.len()));
+            let ty = self.mem(op, b)?.ty.clone();
+            full_key.push_str(&format!("|o{}", ty.mlir()));
+            out_tys.push(ty);
         }
         if let Some(e) = self.cache().get(&full_key) {
             return Ok(e.clone());
         }
         let mut b = Builder::new();
-        let ins: Vec<Val> = inputs
-            .iter()
-            .map(|x| b.arg(Ty::new(&[x.len()], El::U8)))
-            .collect();
-        let outs: Vec<Val> = outputs
-            .iter()
+        let ins: Vec<Val> = in_tys.into_iter().map(|t| b.arg(t)).collect();
+        let outs: Vec<Val> = out_tys
+            .into_iter()
             .enumerate()
-            .map(|(i, x)| b.donated_arg(Ty::new(&[x.len()], El::U8), i))
+            .map(|(i, t)| b.donated_arg(t, i))
             .collect();
         let results = build(&mut b, &ins, &outs)
             .map_err(|e| HalError::device(&self.name, op, e.to_string()))?;
@@ -410,8 +479,15 @@ pub(crate) fn load(
     offset: usize,
     shape: &[usize],
 ) -> BResult<Val> {
-    let w = dtype.bytes();
     let n: usize = shape.iter().product();
+    if buf.ty.el == dtype && buf.ty.el != El::U8 {
+        // A typed array of the right element type: no reinterpretation.
+        let flat = b.reshape(buf, &[buf.ty.numel()])?;
+        let part = b.slice(&flat, &[offset], &[offset + n])?;
+        return b.reshape(&part, shape);
+    }
+    let buf = &as_bytes(b, buf)?;
+    let w = dtype.bytes();
     let start = offset * w;
     let bytes = b.slice(buf, &[start], &[start + n * w])?;
     let typed = if w == 1 {
@@ -433,6 +509,21 @@ pub(crate) fn store(b: &mut Builder, buf: &Val, offset: usize, value: &Val) -> B
     let w = value.ty.el.bytes();
     let n = value.ty.numel();
     let flat = b.reshape(value, &[n])?;
+    if buf.ty.el != El::U8 {
+        if buf.ty.el == value.ty.el {
+            let whole = b.reshape(buf, &[buf.ty.numel()])?;
+            let r = if offset == 0 && n == whole.ty.numel() {
+                flat
+            } else {
+                let at = b.scalar(El::I64, offset as f64);
+                b.dynamic_update_slice(&whole, &flat, &[at])?
+            };
+            return b.reshape(&r, &buf.ty.dims);
+        }
+        let bytes = as_bytes(b, buf)?;
+        let r = store(b, &bytes, offset, value)?;
+        return from_bytes(b, &r, &buf.ty);
+    }
     let bytes = if value.ty.el == El::U8 {
         flat
     } else {
@@ -444,4 +535,34 @@ pub(crate) fn store(b: &mut Builder, buf: &Val, offset: usize, value: &Val) -> B
     }
     let at = b.scalar(El::I64, (offset * w) as f64);
     b.dynamic_update_slice(buf, &bytes, &[at])
+}
+
+/// A device array as its bytes, `ui8[len]`.
+pub(crate) fn as_bytes(b: &mut Builder, buf: &Val) -> BResult<Val> {
+    if buf.ty.el == El::U8 && buf.dims().len() == 1 {
+        return Ok(buf.clone());
+    }
+    let n = buf.ty.numel();
+    let flat = b.reshape(buf, &[n])?;
+    if buf.ty.el == El::U8 {
+        return Ok(flat);
+    }
+    let raw = b.bitcast(&flat, El::U8)?;
+    b.reshape(&raw, &[n * buf.ty.el.bytes()])
+}
+
+/// `ui8[len]` bytes as a device array of `ty`.
+pub(crate) fn from_bytes(b: &mut Builder, bytes: &Val, ty: &Ty) -> BResult<Val> {
+    if ty.el == El::U8 {
+        return b.reshape(bytes, &ty.dims);
+    }
+    let n = ty.numel();
+    let w = ty.el.bytes();
+    let v = if w == 1 {
+        b.bitcast(bytes, ty.el)?
+    } else {
+        let r = b.reshape(bytes, &[n, w])?;
+        b.bitcast(&r, ty.el)?
+    };
+    b.reshape(&v, &ty.dims)
 }

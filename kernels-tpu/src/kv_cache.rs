@@ -6,7 +6,7 @@ use hal::{Backend, DType, KvCache, Result, WriteKvArgs};
 
 use crate::device::{load, store, TpuDevice};
 use crate::elementwise::{el_of, load_f32, vk};
-use crate::hlo::{BResult, Builder, Cmp, El, ScatterDims, Val};
+use crate::hlo::{BResult, Builder, Cmp, El, ScatterDims, Ty, Val};
 
 /// Convert f32 values to the cache's element type; FP8 caches store
 /// `e4m3(x / scale)`.
@@ -93,6 +93,34 @@ pub(crate) fn write_kv(dev: &TpuDevice, args: WriteKvArgs<'_>) -> Result<()> {
     )
 }
 
+pub(crate) fn alloc_kv_cache(
+    dev: &TpuDevice,
+    spec: &hal::KvCacheSpec,
+    k_scale: f32,
+    v_scale: f32,
+) -> Result<KvCache> {
+    let op = "alloc_kv_cache";
+    spec.validate()
+        .map_err(|m| hal::HalError::invalid(dev.name(), op, m))?;
+    let e = el_of(dev, op, spec.dtype)?;
+    let ty = Ty::new(
+        &[
+            spec.num_blocks,
+            spec.block_size,
+            spec.num_kv_heads,
+            spec.head_dim,
+        ],
+        e,
+    );
+    Ok(KvCache {
+        spec: *spec,
+        key: dev.alloc_typed(op, ty.clone())?,
+        value: dev.alloc_typed(op, ty)?,
+        k_scale,
+        v_scale,
+    })
+}
+
 pub(crate) fn copy_blocks(
     dev: &TpuDevice,
     cache: &mut KvCache,
@@ -105,7 +133,8 @@ pub(crate) fn copy_blocks(
     }
     let op = "copy_blocks";
     let s = cache.spec;
-    let block_bytes = s.bytes() / s.num_blocks;
+    let block_elems = s.elements() / s.num_blocks;
+    let ce = el_of(dev, op, s.dtype)?;
     let mut ids = Vec::with_capacity(pairs.len() * 8);
     for &(src, _) in pairs {
         ids.extend_from_slice(&(src as i32).to_le_bytes());
@@ -117,7 +146,7 @@ pub(crate) fn copy_blocks(
     dev.upload_impl(&mut idx, 0, &ids)?;
     let p = pairs.len();
     let nb = s.num_blocks;
-    let key = format!("copy_blocks|{nb}x{block_bytes}|{p}|{:?}", DType::I32);
+    let key = format!("copy_blocks|{nb}x{block_elems}|{ce:?}|{p}|{:?}", DType::I32);
     dev.run(
         op,
         key,
@@ -130,7 +159,7 @@ pub(crate) fn copy_blocks(
             let dst = b.reshape(&dst, &[p, 1])?;
             let mut res = Vec::new();
             for o in outs {
-                let c = load(b, o, El::U8, 0, &[nb, block_bytes])?;
+                let c = load(b, o, ce, 0, &[nb, block_elems])?;
                 let blocks = crate::elementwise::take_rows(b, &c, &src)?;
                 let c = b.scatter(
                     &c,

@@ -91,6 +91,17 @@ impl QuantGemm for TpuDevice {
 }
 
 impl KvCacheOps for TpuDevice {
+    /// K and V as typed arrays `[num_blocks, block_size, kv_heads, head_dim]`
+    /// of the cache dtype, so attention and `write_kv` use them in place.
+    fn alloc_kv_cache(
+        &self,
+        spec: &hal::KvCacheSpec,
+        k_scale: f32,
+        v_scale: f32,
+    ) -> Result<KvCache> {
+        kv_cache::alloc_kv_cache(self, spec, k_scale, v_scale)
+    }
+
     fn write_kv(&self, args: WriteKvArgs<'_>) -> Result<()> {
         kv_cache::write_kv(self, args)
     }

@@ -297,6 +297,14 @@ pub enum ElementType {
     S64 = 5,
     /// `PJRT_Buffer_Type_U8`.
     U8 = 6,
+    /// `PJRT_Buffer_Type_F16`.
+    F16 = 10,
+    /// `PJRT_Buffer_Type_F32`.
+    F32 = 11,
+    /// `PJRT_Buffer_Type_BF16`.
+    BF16 = 13,
+    /// `PJRT_Buffer_Type_F8E4M3FN`.
+    F8E4M3FN = 17,
 }
 
 // ------------------------------------------------------------------ the API

@@ -57,9 +57,7 @@ pub(crate) fn pack(dev: &TpuDevice, w: &QuantWeights) -> Result<PackedWeight> {
             let buf = DeviceBuffer::new(
                 dev.id,
                 data.len(),
-                crate::device::Mem {
-                    buf: dev.buffer_from("quant_gemm", data)?,
-                },
+                crate::device::Mem::bytes(dev.buffer_from("quant_gemm", data)?, data.len()),
             );
             Ok(PackedWeight {
                 spec,
