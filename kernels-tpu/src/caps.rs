@@ -15,8 +15,15 @@ pub(crate) fn capabilities(device: String) -> Capabilities {
         kv_layouts: vec![KvLayout::Nhd],
         head_dims: Vec::new(),
         block_sizes: Vec::new(),
-        quant_formats: vec![QuantFormat::Q4_0, QuantFormat::Q4_1, QuantFormat::Q8_0],
-        precisions: vec![Precision::Exact],
+        quant_formats: vec![
+            QuantFormat::Q4_0,
+            QuantFormat::Q4_1,
+            QuantFormat::Q8_0,
+            QuantFormat::Awq,
+            QuantFormat::Gptq4,
+            QuantFormat::Gptq8,
+        ],
+        precisions: vec![Precision::Exact, Precision::Int8Activations],
         batch_invariant: false,
         step_capture: false,
     }

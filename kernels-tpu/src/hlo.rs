@@ -493,6 +493,22 @@ impl Builder {
     pub fn tanh(&mut self, x: &Val) -> Val {
         self.unary("tanh", x)
     }
+    /// `|x|`.
+    pub fn abs(&mut self, x: &Val) -> Val {
+        self.unary("abs", x)
+    }
+    /// Round to nearest, ties away from zero.
+    pub fn round_afz(&mut self, x: &Val) -> Val {
+        self.unary("round_nearest_afz", x)
+    }
+
+    /// An i32 tensor of `dims` holding `values` (row-major).
+    pub fn const_i32(&mut self, dims: &[usize], values: &[i32]) -> Val {
+        let ty = Ty::new(dims, El::I32);
+        let items: Vec<String> = values.iter().map(|v| v.to_string()).collect();
+        let attr = format!("value = dense<[{}]> : {}", items.join(", "), ty.mlir());
+        self.emit("constant", &[], &attr, ty)
+    }
 
     /// Element-wise comparison (a predicate tensor).
     pub fn compare(&mut self, a: &Val, b: &Val, dir: Cmp) -> BResult<Val> {
