@@ -22,6 +22,7 @@ pub(crate) fn capabilities(device: String) -> Capabilities {
             QuantFormat::Awq,
             QuantFormat::Gptq4,
             QuantFormat::Gptq8,
+            QuantFormat::Fp8,
         ],
         precisions: vec![Precision::Exact, Precision::Int8Activations],
         batch_invariant: false,

@@ -14,6 +14,12 @@ pub(crate) fn to_cache(b: &mut Builder, x: &Val, e: El, scale: f32) -> BResult<V
     if e == El::F8E4M3 {
         let s = b.splat(x.ty.clone(), scale as f64);
         let y = b.div(x, &s)?;
+        // Saturate to ±448 as the HAL's FP8 conversion does (XLA's convert
+        // would give NaN past the largest finite E4M3 value).
+        let hi = b.splat(y.ty.clone(), 448.0);
+        let lo = b.splat(y.ty.clone(), -448.0);
+        let y = b.min(&y, &hi)?;
+        let y = b.max(&y, &lo)?;
         Ok(b.convert(&y, e))
     } else {
         Ok(b.convert(x, e))

@@ -101,12 +101,21 @@ pub(crate) fn pack(dev: &TpuDevice, w: &QuantWeights) -> Result<PackedWeight> {
                 upload_bytes(dev, &i32_bytes(&groups))?,
             ]
         }
-        other => {
-            return Err(dev.refuse(hal::Unsupported::new(
-                "quant_gemm",
-                format!("{:?} weights are not lowered yet", other.spec()),
-            )))
+        QuantWeights::Fp8 {
+            weight,
+            weight_scale,
+            ..
+        } => {
+            let ws: Vec<u8> = weight_scale.iter().flat_map(|x| x.to_le_bytes()).collect();
+            vec![upload_bytes(dev, weight)?, upload_bytes(dev, &ws)?]
         }
+    };
+    let scalars = match w {
+        QuantWeights::Fp8 {
+            input_scale: Some(s),
+            ..
+        } => vec![*s],
+        _ => Vec::new(),
     };
     Ok(PackedWeight {
         spec,
@@ -114,7 +123,7 @@ pub(crate) fn pack(dev: &TpuDevice, w: &QuantWeights) -> Result<PackedWeight> {
         k: w.k(),
         layout: LAYOUT,
         parts,
-        scalars: Vec::new(),
+        scalars,
     })
 }
 
@@ -278,6 +287,55 @@ fn int8_activations(b: &mut Builder, x: &Val) -> BResult<Val> {
     b.slice(&y, &[0, 0], &[m, k])
 }
 
+/// Round f32 values to FP8 E4M3 (nearest even, saturating to ±448) and
+/// back.
+pub(crate) fn e4m3_round_trip(b: &mut Builder, x: &Val) -> BResult<Val> {
+    let hi = b.splat(x.ty.clone(), 448.0);
+    let lo = b.splat(x.ty.clone(), -448.0);
+    let c = b.min(x, &hi)?;
+    let c = b.max(&c, &lo)?;
+    let f8 = b.convert(&c, El::F8E4M3);
+    Ok(b.convert(&f8, El::F32))
+}
+
+/// FP8 W8A8 activations: `x̂ = e4m3(x / s) · s` with the static scale, or
+/// `s = max(amax / 448, 1 / (448 · 512))` over the tensor or per row.
+fn fp8_activations(
+    b: &mut Builder,
+    x: &Val,
+    activation: hal::quant::ActivationScale,
+    input_scale: Option<f32>,
+) -> BResult<Val> {
+    use hal::quant::ActivationScale;
+    let (m, k) = (x.dims()[0], x.dims()[1]);
+    let dynamic = |b: &mut Builder, amax: &Val| -> BResult<Val> {
+        let c = b.splat(amax.ty.clone(), 448.0);
+        let d = b.div(amax, &c)?;
+        let lo = b.splat(amax.ty.clone(), hal::quant::fp8_w8a8::MIN_SCALE as f64);
+        b.max(&d, &lo)
+    };
+    let s = match activation {
+        ActivationScale::Static => {
+            b.splat(Ty::new(&[m], El::F32), input_scale.unwrap_or(1.0) as f64)
+        }
+        ActivationScale::DynamicPerToken => {
+            let a = b.abs(x);
+            let amax = b.reduce(&a, &[1], Reduce::Max)?;
+            dynamic(b, &amax)?
+        }
+        ActivationScale::DynamicPerTensor => {
+            let a = b.abs(x);
+            let amax = b.reduce(&a, &[0, 1], Reduce::Max)?;
+            let s = dynamic(b, &amax)?;
+            b.broadcast(&s, &[m], &[])?
+        }
+    };
+    let sb = b.broadcast(&s, &[m, k], &[0])?;
+    let v = b.div(x, &sb)?;
+    let r = e4m3_round_trip(b, &v)?;
+    b.mul(&r, &sb)
+}
+
 pub(crate) fn quant_gemm(dev: &TpuDevice, args: QuantGemmArgs<'_>) -> Result<()> {
     let (_m, n, k) = args.validate(dev.name())?;
     dev.check(&args.desc())?;
@@ -287,13 +345,9 @@ pub(crate) fn quant_gemm(dev: &TpuDevice, args: QuantGemmArgs<'_>) -> Result<()>
         QuantSpec::Gguf(_) => 1,
         QuantSpec::Awq { .. } => 3,
         QuantSpec::Gptq { .. } => 4,
-        other => {
-            return Err(dev.refuse(hal::Unsupported::new(
-                op,
-                format!("{other:?} weights are not lowered yet"),
-            )))
-        }
+        QuantSpec::Fp8 { .. } => 2,
     };
+    let input_scale = args.w.scalars.first().copied();
     let xe = el_of(dev, op, args.x.dtype)?;
     let oe = el_of(dev, op, args.out.dtype)?;
     let be = match &args.bias {
@@ -302,7 +356,8 @@ pub(crate) fn quant_gemm(dev: &TpuDevice, args: QuantGemmArgs<'_>) -> Result<()>
     };
     let precision = args.precision;
     let key = format!(
-        "quant_gemm|{spec:?}|{precision:?}|{n}x{k}|{}|{}|{}",
+        "quant_gemm|{spec:?}|{precision:?}|{n}x{k}|{:?}|{}|{}|{}",
+        input_scale.map(f32::to_bits),
         vk(args.x.dtype, &args.x.layout),
         args.bias
             .as_ref()
@@ -321,7 +376,9 @@ pub(crate) fn quant_gemm(dev: &TpuDevice, args: QuantGemmArgs<'_>) -> Result<()>
     }
     dev.run(op, key, &inputs, &mut [args.out.buffer], |b, ins, outs| {
         let mut x = load_f32(b, &ins[0], xe, &xl)?;
-        if precision == Precision::Int8Activations {
+        if let QuantSpec::Fp8 { activation, .. } = spec {
+            x = fp8_activations(b, &x, activation, input_scale)?;
+        } else if precision == Precision::Int8Activations {
             x = int8_activations(b, &x)?;
         }
         let wins = &ins[1..1 + nparts];
@@ -342,8 +399,23 @@ pub(crate) fn quant_gemm(dev: &TpuDevice, args: QuantGemmArgs<'_>) -> Result<()>
                 let w = dequant_gptq(b, wins, bits as usize, n, k, groups)?;
                 b.dot_general(&x, &w, (&[], &[]), (&[1], &[0]), El::F32)?
             }
-            QuantSpec::Fp8 { .. } => {
-                return Err(crate::hlo::BuildError("FP8 is not lowered".into()))
+            QuantSpec::Fp8 { weight_scale, .. } => {
+                let wb = load(b, &wins[0], El::U8, 0, &[n, k])?;
+                let w8 = b.bitcast(&wb, El::F8E4M3)?;
+                let w = b.convert(&w8, El::F32);
+                let count = match weight_scale {
+                    hal::quant::ScaleGranularity::PerChannel => n,
+                    hal::quant::ScaleGranularity::PerTensor => 1,
+                };
+                let ws = load(b, &wins[1], El::F32, 0, &[count])?;
+                let ws = if count == 1 {
+                    let r = b.reshape(&ws, &[])?;
+                    b.broadcast(&r, &[n, k], &[])?
+                } else {
+                    b.broadcast(&ws, &[n, k], &[0])?
+                };
+                let w = b.mul(&w, &ws)?;
+                b.dot_general(&x, &w, (&[], &[]), (&[1], &[1]), El::F32)?
             }
         };
         let y = match (&bl, be) {
