@@ -153,7 +153,7 @@ pub(crate) fn el(d: DType) -> Option<El> {
     })
 }
 
-/// Description of one devices's platform for `kiln devices`.
+/// Description of one device and its platform, for `kiln devices`.
 pub(crate) fn describe(rt: &Runtime, index: usize) -> String {
     let (major, minor) = rt.client.api().version;
     format!(

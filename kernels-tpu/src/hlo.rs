@@ -502,11 +502,23 @@ impl Builder {
         self.unary("round_nearest_afz", x)
     }
 
-    /// An i32 tensor of `dims` holding `values` (row-major).
+    /// An i32 tensor of `dims` holding `values` (row-major; `values` has
+    /// `dims`' element count).
     pub fn const_i32(&mut self, dims: &[usize], values: &[i32]) -> Val {
         let ty = Ty::new(dims, El::I32);
-        let items: Vec<String> = values.iter().map(|v| v.to_string()).collect();
-        let attr = format!("value = dense<[{}]> : {}", items.join(", "), ty.mlir());
+        fn nested(dims: &[usize], values: &[i32]) -> String {
+            match dims.split_first() {
+                None => values.first().map(|v| v.to_string()).unwrap_or_default(),
+                Some((&d, rest)) => {
+                    let step: usize = rest.iter().product();
+                    let items: Vec<String> = (0..d)
+                        .map(|i| nested(rest, values.get(i * step..(i + 1) * step).unwrap_or(&[])))
+                        .collect();
+                    format!("[{}]", items.join(", "))
+                }
+            }
+        }
+        let attr = format!("value = dense<{}> : {}", nested(dims, values), ty.mlir());
         self.emit("constant", &[], &attr, ty)
     }
 
@@ -790,6 +802,14 @@ mod tests {
         assert!(text.contains(
             "\"stablehlo.bitcast_convert\"(%arg2) : (tensor<16x4xui8>) -> tensor<16xf32>"
         ));
+    }
+
+    #[test]
+    fn nested_integer_constants() {
+        let mut b = Builder::new();
+        let c = b.const_i32(&[2, 2], &[1, 2, 3, 4]);
+        let text = b.finish(&[&c]);
+        assert!(text.contains("value = dense<[[1, 2], [3, 4]]> : tensor<2x2xi32>"));
     }
 
     #[test]

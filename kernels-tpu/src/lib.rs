@@ -204,6 +204,91 @@ mod tests {
         }
     }
 
+    /// A program using most builder ops compiles through the plugin and
+    /// computes what it should.
+    #[test]
+    fn emitter_programs_compile_and_run() {
+        use crate::hlo::{Builder, Cmp, El, GatherDims, Reduce, ScatterDims, Ty};
+        let Ok(rt) = device::runtime() else {
+            return;
+        };
+        let mut b = Builder::new();
+        // x: f32 [2, 4] = [[0, 1, 2, 3], [4, 5, 6, 7]]
+        let x = b.arg(Ty::new(&[2, 4], El::F32));
+        let ids = b.const_i32(&[2], &[1, 0]);
+        let rows = b.gather(
+            &x,
+            &ids,
+            &GatherDims {
+                offset_dims: vec![1],
+                collapsed_slice_dims: vec![0],
+                start_index_map: vec![0],
+                index_vector_dim: 1,
+                slice_sizes: vec![1, 4],
+            },
+            &[2, 4],
+        );
+        // rows = [[4..7], [0..3]]; row sums via dot with ones and via reduce.
+        let ones = b.splat(Ty::new(&[4], El::F32), 1.0);
+        let dot = b
+            .dot_general(&rows, &ones, (&[], &[]), (&[1], &[0]), El::F32)
+            .unwrap();
+        let red = b.reduce(&rows, &[1], Reduce::Sum).unwrap();
+        let both = b.add(&dot, &red).unwrap(); // [44, 12]
+        let io = b.iota(Ty::new(&[2], El::F32), 0).unwrap(); // [0, 1]
+        let one2 = b.splat(Ty::new(&[2], El::F32), 1.0);
+        let gt = b.compare(&io, &one2, Cmp::Lt).unwrap(); // [true, false]
+        let neg = b.neg(&both);
+        let sel = b.select(&gt, &both, &neg).unwrap(); // [44, -12]
+        let idx = b.const_i32(&[1, 1], &[1]);
+        let upd = b.splat(Ty::new(&[1], El::F32), 0.5);
+        let sc = b.scatter(
+            &sel,
+            &idx,
+            &upd,
+            &ScatterDims {
+                update_window_dims: vec![],
+                inserted_window_dims: vec![0],
+                scatter_dims_to_operand_dims: vec![0],
+                index_vector_dim: 1,
+            },
+        ); // [44, 0.5]
+        let h = b.convert(&sc, El::F16);
+        let raw = b.bitcast(&h, El::U8).unwrap();
+        let back = b.bitcast(&raw, El::F16).unwrap();
+        let f = b.convert(&back, El::F32);
+        let t = b.reshape(&f, &[2, 1]).unwrap();
+        let t = b.transpose(&t, &[1, 0]).unwrap();
+        let c = b.concatenate(&[&t, &t], 0).unwrap(); // [[44, 0.5], [44, 0.5]]
+        let c = b.reshape(&c, &[4]).unwrap();
+        let text = b.finish(&[&c]);
+
+        let exe = rt.client.compile(&text).expect("the program compiles");
+        let data: Vec<u8> = (0..8).flat_map(|i| (i as f32).to_le_bytes()).collect();
+        let input = rt
+            .client
+            .buffer_from_host(0, &data, pjrt::ElementType::F32, &[2, 4])
+            .expect("upload");
+        let out = exe.execute(&[&input], 1).expect("runs");
+        let mut bytes = [0u8; 16];
+        out[0].to_host(&mut bytes).expect("download");
+        let got: Vec<f32> = bytes
+            .chunks(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
+        assert_eq!(got, [44.0, 0.5, 44.0, 0.5]);
+    }
+
+    #[test]
+    fn compile_errors_name_the_entry_point() {
+        let Ok(rt) = device::runtime() else {
+            return;
+        };
+        let e = rt.client.compile("module { not stablehlo }").unwrap_err();
+        assert_eq!(e.op, "PJRT_Client_Compile");
+        assert!(!e.msg.is_empty());
+    }
+
     #[test]
     fn upload_download_round_trip() {
         let Ok(d) = open_default() else {

@@ -143,13 +143,6 @@ impl Head {
             ext: ptr::null_mut(),
         }
     }
-    /// A header for struct `T` sent exactly.
-    fn exact<T>() -> Self {
-        Head {
-            struct_size: std::mem::size_of::<T>(),
-            ext: ptr::null_mut(),
-        }
-    }
 }
 
 #[repr(C)]
@@ -745,10 +738,10 @@ impl std::fmt::Debug for Executable {
 }
 
 impl Executable {
-    /// Run on one device with `args`; returns `num_outputs` new buffers once
-    /// the run has completed. Arguments listed in `donated` may be consumed
-    /// by the run (their buffers become invalid) when the program aliases
-    /// them to an output.
+    /// Run on the compiled-for device with `args`; returns `num_outputs` new
+    /// buffers once the run has completed. An argument the program aliases
+    /// to an output (`tf.aliasing_output`) is donated: the run may consume
+    /// it, and the caller must only destroy it afterwards.
     pub fn execute(&self, args: &[&Buffer], num_outputs: usize) -> PjrtResult<Vec<Buffer>> {
         let op = "PJRT_LoadedExecutable_Execute";
         let arg_ptrs: Vec<*mut RawBuffer> = args.iter().map(|b| b.raw).collect();
@@ -848,7 +841,7 @@ impl Buffer {
 impl Drop for Buffer {
     fn drop(&mut self) {
         let mut a = Args::new(BufferDestroyArgs {
-            head: Head::exact::<BufferDestroyArgs>(),
+            head: Head::padded::<BufferDestroyArgs>(),
             buffer: self.raw,
         });
         let _ = self
