@@ -10,12 +10,12 @@
 //! Softmax runs in f32 with the row maximum subtracted; a row with no
 //! visible key is zero.
 
-use hal::{Backend, FlashAttentionArgs, PagedAttentionArgs, Result};
+use hal::{Backend, FlashAttentionArgs, KvLayout, PagedAttentionArgs, Result};
 
 use crate::device::{load, TpuDevice};
 use crate::elementwise::{el_of, load_f32, mask_rows, store_as, take_rows, vk};
 use crate::hlo::{BResult, Builder, Cmp, El, GatherDims, Reduce, Ty, Val};
-use crate::kv_cache::from_cache;
+use crate::kv_cache::{from_cache, physical_dims};
 
 /// For each token `t < T`: the index of the sequence it belongs to given
 /// the `[B + 1]` prefix sums `starts` (`B` for a token past the last).
@@ -161,19 +161,36 @@ pub(crate) fn paged_attention(dev: &TpuDevice, args: PagedAttentionArgs<'_>) -> 
             let rows = take_rows(b, &tables, &seq)?;
             let mut kv = Vec::new();
             for (i, scale) in [(1usize, ks), (2usize, vs)] {
-                let c = load(b, &ins[i], ce, 0, &[s.num_blocks, bs, kvh, d])?;
+                // Gather whole blocks in the physical layout, then order
+                // each block as [block_size, kv_heads, head_dim].
+                let dims = physical_dims(&s, i == 1);
+                let c = load(b, &ins[i], ce, 0, &dims)?;
+                let r = dims.len();
+                let mut out_dims = vec![t, mb];
+                out_dims.extend_from_slice(&dims[1..]);
+                let mut slice_sizes = dims.clone();
+                slice_sizes[0] = 1;
                 let gathered = b.gather(
                     &c,
                     &rows,
                     &GatherDims {
-                        offset_dims: vec![2, 3, 4],
+                        offset_dims: (2..r + 1).collect(),
                         collapsed_slice_dims: vec![0],
                         start_index_map: vec![0],
                         index_vector_dim: 2,
-                        slice_sizes: vec![1, bs, kvh, d],
+                        slice_sizes,
                     },
-                    &[t, mb, bs, kvh, d],
+                    &out_dims,
                 );
+                let gathered = match s.layout {
+                    KvLayout::Nhd => gathered,
+                    // K [T, MB, KVH, D/x, BS, x] → [T, MB, BS, KVH, D/x, x]
+                    KvLayout::VllmSplitX { .. } if i == 1 => {
+                        b.transpose(&gathered, &[0, 1, 4, 2, 3, 5])?
+                    }
+                    // V [T, MB, KVH, D, BS] → [T, MB, BS, KVH, D]
+                    KvLayout::VllmSplitX { .. } => b.transpose(&gathered, &[0, 1, 4, 2, 3])?,
+                };
                 let gathered = b.reshape(&gathered, &[t, sk, kvh, d])?;
                 let f = from_cache(b, &gathered, scale)?;
                 let mv = b.broadcast(&vis, &[t, sk, kvh, d], &[0, 1])?;

@@ -12,7 +12,15 @@ pub(crate) fn capabilities(device: String) -> Capabilities {
         memory_bytes: None,
         activation_dtypes: vec![DType::F32, DType::F16, DType::BF16],
         kv_cache_dtypes: vec![DType::F32, DType::F16, DType::BF16, DType::F8E4M3],
-        kv_layouts: vec![KvLayout::Nhd],
+        // NHD first: the engine uses the first layout; split-x (x elements
+        // make 16 bytes: 4 for f32, 8 for f16 / bf16, 16 for FP8) is there
+        // for caches shared with vLLM-style kernels.
+        kv_layouts: vec![
+            KvLayout::Nhd,
+            KvLayout::VllmSplitX { x: 4 },
+            KvLayout::VllmSplitX { x: 8 },
+            KvLayout::VllmSplitX { x: 16 },
+        ],
         head_dims: Vec::new(),
         block_sizes: Vec::new(),
         quant_formats: vec![

@@ -2,7 +2,7 @@
 //! slots; `copy_blocks` gathers source blocks and scatters them to the
 //! destinations (every source read before any write).
 
-use hal::{Backend, DType, KvCache, Result, WriteKvArgs};
+use hal::{Backend, DType, KvCache, KvLayout, Result, WriteKvArgs};
 
 use crate::device::{load, store, TpuDevice};
 use crate::elementwise::{el_of, load_f32, vk};
@@ -34,6 +34,24 @@ pub(crate) fn from_cache(b: &mut Builder, x: &Val, scale: f32) -> BResult<Val> {
         b.mul(&f, &s)
     } else {
         Ok(f)
+    }
+}
+
+/// The physical array shape of the K (`key = true`) or V cache of `spec`:
+/// NHD `[blocks, block_size, kv_heads, head_dim]`; vLLM's split-x K
+/// `[blocks, kv_heads, head_dim / x, block_size, x]` and V
+/// `[blocks, kv_heads, head_dim, block_size]`.
+pub(crate) fn physical_dims(spec: &hal::KvCacheSpec, key: bool) -> Vec<usize> {
+    let (nb, bs, h, d) = (
+        spec.num_blocks,
+        spec.block_size,
+        spec.num_kv_heads,
+        spec.head_dim,
+    );
+    match spec.layout {
+        KvLayout::Nhd => vec![nb, bs, h, d],
+        KvLayout::VllmSplitX { x } if key => vec![nb, h, d / x, bs, x],
+        KvLayout::VllmSplitX { .. } => vec![nb, h, d, bs],
     }
 }
 
@@ -74,21 +92,58 @@ pub(crate) fn write_kv(dev: &TpuDevice, args: WriteKvArgs<'_>) -> Result<()> {
             let past = b.splat(slot.ty.clone(), slots as f64);
             let neg = b.compare(&slot, &zero, Cmp::Lt)?;
             let slot = b.select(&neg, &past, &slot)?;
-            let idx = b.reshape(&slot, &[t, 1])?;
             let mut res = Vec::new();
+            if s.layout == KvLayout::Nhd {
+                let idx = b.reshape(&slot, &[t, 1])?;
+                for (i, (l, scale)) in [(&kl, ks), (&vl, vs)].into_iter().enumerate() {
+                    let x = load_f32(b, &ins[i], ie, l)?;
+                    let x = b.reshape(&x, &[t, row])?;
+                    let x = to_cache(b, &x, ce, scale)?;
+                    let c = load(b, &outs[i], ce, 0, &[slots, row])?;
+                    let c = b.scatter(
+                        &c,
+                        &idx,
+                        &x,
+                        &ScatterDims {
+                            update_window_dims: vec![1],
+                            inserted_window_dims: vec![0],
+                            scatter_dims_to_operand_dims: vec![0],
+                            index_vector_dim: 1,
+                        },
+                    );
+                    res.push(store(b, &outs[i], 0, &c)?);
+                }
+                return Ok(res);
+            }
+            // Split-x: index (block, offset) into dimensions 0 and 3 of both
+            // caches; a padding slot's block is past the end.
+            let bsv = b.splat(slot.ty.clone(), s.block_size as f64);
+            let blk = b.div(&slot, &bsv)?;
+            let base = b.mul(&blk, &bsv)?;
+            let off = b.sub(&slot, &base)?;
+            let blk = b.reshape(&blk, &[t, 1])?;
+            let off = b.reshape(&off, &[t, 1])?;
+            let idx = b.concatenate(&[&blk, &off], 1)?;
+            let (h, d) = (s.num_kv_heads, s.head_dim);
             for (i, (l, scale)) in [(&kl, ks), (&vl, vs)].into_iter().enumerate() {
+                let key_side = i == 0;
                 let x = load_f32(b, &ins[i], ie, l)?;
-                let x = b.reshape(&x, &[t, row])?;
                 let x = to_cache(b, &x, ce, scale)?;
-                let c = load(b, &outs[i], ce, 0, &[slots, row])?;
+                let (x, window) = match s.layout {
+                    KvLayout::VllmSplitX { x: xx } if key_side => {
+                        (b.reshape(&x, &[t, h, d / xx, xx])?, vec![1, 2, 3])
+                    }
+                    _ => (x, vec![1, 2]),
+                };
+                let c = load(b, &outs[i], ce, 0, &physical_dims(&s, key_side))?;
                 let c = b.scatter(
                     &c,
                     &idx,
                     &x,
                     &ScatterDims {
-                        update_window_dims: vec![1],
-                        inserted_window_dims: vec![0],
-                        scatter_dims_to_operand_dims: vec![0],
+                        update_window_dims: window,
+                        inserted_window_dims: vec![0, 3],
+                        scatter_dims_to_operand_dims: vec![0, 3],
                         index_vector_dim: 1,
                     },
                 );
@@ -109,19 +164,10 @@ pub(crate) fn alloc_kv_cache(
     spec.validate()
         .map_err(|m| hal::HalError::invalid(dev.name(), op, m))?;
     let e = el_of(dev, op, spec.dtype)?;
-    let ty = Ty::new(
-        &[
-            spec.num_blocks,
-            spec.block_size,
-            spec.num_kv_heads,
-            spec.head_dim,
-        ],
-        e,
-    );
     Ok(KvCache {
         spec: *spec,
-        key: dev.alloc_typed(op, ty.clone())?,
-        value: dev.alloc_typed(op, ty)?,
+        key: dev.alloc_typed(op, Ty::new(&physical_dims(spec, true), e))?,
+        value: dev.alloc_typed(op, Ty::new(&physical_dims(spec, false), e))?,
         k_scale,
         v_scale,
     })
