@@ -869,7 +869,7 @@ mod tests {
 
     #[test]
     fn missing_plugin_is_an_error() {
-        let e = Api::load(Path::new("/nonexistent/pjrt_plugin.so")).unwrap_err();
+        let e = Api::load(Path::new("no-such-directory/pjrt_plugin.so")).unwrap_err();
         assert_eq!(e.op, "dlopen");
     }
 }
