@@ -461,6 +461,15 @@ impl TpuDevice {
         Ok(exe)
     }
 
+    /// Number of compiled programs in the process-wide cache whose key
+    /// starts with `prefix` (an op name, `"upload|40|"`, …).
+    pub fn cached_programs(&self, prefix: &str) -> usize {
+        self.cache()
+            .keys()
+            .filter(|k| k.starts_with(prefix))
+            .count()
+    }
+
     fn cache(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Executable>>> {
         // A panic while holding the lock leaves the map intact: keep using it.
         self.rt

@@ -279,6 +279,28 @@ mod tests {
         assert_eq!(got, [44.0, 0.5, 44.0, 0.5]);
     }
 
+    /// The same op on the same shapes compiles once; another shape compiles
+    /// again.
+    #[test]
+    fn programs_are_cached_per_shape() {
+        let Ok(d) = open_default() else {
+            return;
+        };
+        let mut b = d.alloc(40).expect("alloc");
+        d.upload(&mut b, 3, &[1, 2, 3, 4, 5, 6, 7]).expect("upload");
+        // Partial uploads into a 40-byte buffer: only this test makes them.
+        let key = "upload|40|";
+        assert_eq!(d.cached_programs(key), 1);
+        d.upload(&mut b, 3, &[9, 9, 9, 9, 9, 9, 9]).expect("upload");
+        assert_eq!(d.cached_programs(key), 1, "same shape: cache hit");
+        d.upload(&mut b, 3, &[9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9])
+            .expect("upload");
+        assert_eq!(d.cached_programs(key), 2, "new shape: compiled");
+        let mut out = [0u8; 4];
+        d.download(&b, 2, &mut out).expect("download");
+        assert_eq!(out, [0, 9, 9, 9]);
+    }
+
     #[test]
     fn compile_errors_name_the_entry_point() {
         let Ok(rt) = device::runtime() else {
