@@ -207,6 +207,10 @@ pub(crate) struct Strips<'a> {
     pub groups: usize,
     /// Grouped types: blocks per group (G / 32); 1 for the GGUF types.
     pub per_group: usize,
+    /// `log2(per_group)` when `per_group` is a power of two (G = 32, 64,
+    /// 128, …), so the kernels find a block's group with a shift instead of
+    /// a division; `u32::MAX` otherwise.
+    pub group_shift: u32,
 }
 
 impl<'a> Strips<'a> {
@@ -220,6 +224,7 @@ impl<'a> Strips<'a> {
             meta: &[],
             groups: 0,
             per_group: 1,
+            group_shift: 0,
         })
     }
 
@@ -245,6 +250,11 @@ impl<'a> Strips<'a> {
                 meta,
                 groups,
                 per_group: group / BLOCK,
+                group_shift: if (group / BLOCK).is_power_of_two() {
+                    (group / BLOCK).trailing_zeros()
+                } else {
+                    u32::MAX
+                },
             })
     }
 
@@ -267,9 +277,12 @@ impl<'a> Strips<'a> {
         // SAFETY: in bounds by the constructors' length checks.
         unsafe {
             if grouped(t) {
-                self.meta
-                    .as_ptr()
-                    .add((s * self.groups + b / self.per_group) * META)
+                let g = if self.group_shift != u32::MAX {
+                    b >> self.group_shift
+                } else {
+                    b / self.per_group
+                };
+                self.meta.as_ptr().add((s * self.groups + g) * META)
             } else {
                 self.data
                     .as_ptr()
