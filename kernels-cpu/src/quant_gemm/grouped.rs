@@ -34,8 +34,9 @@
 //!   8-bit), so a weight is `(q − Z0)·s + (Z0 − z)·s`, exactly.
 //!
 //! scalars: `[bits, group size]`. The stored bytes are the checkpoint's
-//! nibbles or bytes plus 48 per 16 columns and group (2.3 % over the
-//! values for 4-bit weights in groups of 128).
+//! nibbles or bytes plus 48 per 16 columns and group (4.7 % over the
+//! values for 4-bit weights in groups of 128, against the checkpoint's
+//! 3.9 % of f16 scales and packed zero points).
 
 use hal::{DType, HalError, PackedWeight, Precision, QuantSpec, QuantWeights, Result};
 use half::f16;
