@@ -11,7 +11,7 @@ pub mod quant;
 
 use std::sync::Arc;
 
-use hal::DType;
+use hal::{DType, Precision};
 
 use crate::case::{cold_copies, Case, Op, Temp};
 use crate::shapes::{ModelShape, Scale, Workload, LLAMA3_8B, SMOLLM2_135M, TINY};
@@ -174,13 +174,32 @@ pub fn all(grid: &Grid) -> Vec<Case> {
             }
         }
         for &kind in &grid.quant_kinds {
-            for &workload in &grid.linear_workloads {
-                ops.push(Box::new(QuantGemmCase {
-                    model,
-                    layer,
-                    workload,
-                    kind,
-                }));
+            // FP8 W8A8 fixes its own activation format: no int8 variant.
+            let precisions: &[Precision] = if kind == QuantKind::Fp8 {
+                &[Precision::Exact]
+            } else {
+                &[Precision::Exact, Precision::Int8Activations]
+            };
+            for &precision in precisions {
+                for &workload in &grid.linear_workloads {
+                    ops.push(Box::new(QuantGemmCase {
+                        model,
+                        layer,
+                        workload,
+                        kind,
+                        precision,
+                    }));
+                }
+                // The square attention projection, at single-token decode.
+                for &workload in grid.linear_workloads.iter().filter(|w| w.num_tokens() == 1) {
+                    ops.push(Box::new(QuantGemmCase {
+                        model,
+                        layer: model.attn_out(),
+                        workload,
+                        kind,
+                        precision,
+                    }));
+                }
             }
         }
         for &dtype in &grid.act_dtypes {

@@ -1,5 +1,7 @@
 //! Quantised GEMM cases: every weight format on one linear layer, with f32
-//! activations and [`Precision::Exact`] (the HAL's default contract).
+//! activations, in [`Precision::Exact`] (the HAL's default contract) and,
+//! as `<format>_int8` variants, [`Precision::Int8Activations`] (backends
+//! that refuse a format in that mode list it as skipped).
 
 use hal::quant::{awq, gguf, gptq};
 use hal::{
@@ -218,6 +220,8 @@ pub struct QuantGemmCase {
     pub workload: Workload,
     /// Weight format.
     pub kind: QuantKind,
+    /// Activation precision.
+    pub precision: Precision,
 }
 
 /// Activation dtype of every quantised GEMM case.
@@ -229,8 +233,12 @@ impl Op for QuantGemmCase {
     }
 
     fn label(&self) -> String {
+        let suffix = match self.precision {
+            Precision::Exact => "",
+            Precision::Int8Activations => "_int8",
+        };
         format!(
-            "{}/{}.{}/{}",
+            "{}{suffix}/{}.{}/{}",
             self.kind.name(),
             self.model.name,
             self.layer.name,
@@ -243,7 +251,7 @@ impl Op for QuantGemmCase {
             spec: self.kind.spec(self.layer.k),
             input: ACTIVATIONS,
             output: ACTIVATIONS,
-            precision: Precision::Exact,
+            precision: self.precision,
             n: self.layer.n,
             k: self.layer.k,
         }
@@ -279,6 +287,7 @@ impl Op for QuantGemmCase {
         let x = data::random(dev, ACTIVATIONS, &[m, k], 12)?;
         let mut out = data::output(dev, ACTIVATIONS, &[m, n])?;
         let mut i = 0;
+        let precision = self.precision;
         Ok(Runner::new(move || {
             let w = &ws[i % ws.len()];
             i += 1;
@@ -287,7 +296,7 @@ impl Op for QuantGemmCase {
                 w,
                 bias: None,
                 out: out.view_mut(),
-                precision: Precision::Exact,
+                precision,
             })?;
             dev.synchronize()
         }))
@@ -310,6 +319,7 @@ mod tests {
                 context: 512,
             },
             kind: QuantKind::Q4_0,
+            precision: Precision::Exact,
         };
         let (n, k) = (576, 1536);
         assert_eq!(

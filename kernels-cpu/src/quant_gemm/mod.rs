@@ -7,14 +7,16 @@
 //! | format | layout | parts |
 //! |---|---|---|
 //! | GGUF Q4_0 / Q4_1 / Q8_0 | `"cpu-gguf-strips16"` | see [`gguf`]: the checkpoint's blocks regrouped by 16 output rows, `[N/16, K/32]` records of 16 × 18 / 20 / 34 B |
-//! | AWQ, GPTQ 4/8-bit | `"cpu-grouped"` | see [`grouped`]: K regrouped (act-order) and padded, 32-element blocks per row, `(scale, −zero·scale)` per row and group |
+//! | AWQ, GPTQ 4/8-bit, groups of K's natural blocks | `"cpu-grouped-strips16"` | see [`grouped`]: the GGUF strips of 16 columns × 32 elements (Q4 / Q8_0 byte order), f16 scales and i8 zero offsets per 16 columns and group |
+//! | AWQ, GPTQ 4/8-bit, act-order or ragged groups | `"cpu-grouped"` | see [`grouped`]: K regrouped (act-order) and padded, 32-element blocks per row, `(scale, −zero·scale)` per row and group |
 //! | FP8 E4M3 W8A8 | `"cpu-fp8"` | e4m3 bytes `[N, K]`; f32 `[N]` weight scales × 256 |
 //!
 //! Precision: [`hal::Precision::Exact`] for every format (activations used
 //! as given; FP8 fake-quantises them to E4M3 exactly as its format
-//! defines), and [`hal::Precision::Int8Activations`] for the GGUF formats
-//! (llama.cpp's activation quantisation and integer dot products, see
-//! [`gguf`]).
+//! defines), and [`hal::Precision::Int8Activations`] for the GGUF, AWQ and
+//! GPTQ formats (llama.cpp's activation quantisation and integer dot
+//! products, see [`gguf`]; AWQ/GPTQ weights in the row layout take the
+//! quantised activations `q · d` through the f32 kernels).
 
 mod fp8;
 mod gguf;
@@ -31,7 +33,7 @@ use crate::CpuBackend;
 
 /// Which descriptions this module runs: every format and dtype the
 /// capabilities list (the capability check refuses the rest) in exact
-/// precision, and the GGUF formats with int8 activations.
+/// precision, and the GGUF, AWQ and GPTQ formats with int8 activations.
 pub(crate) fn supports(op: &OpDesc) -> Result<(), Unsupported> {
     match op {
         OpDesc::QuantGemm {
@@ -39,19 +41,11 @@ pub(crate) fn supports(op: &OpDesc) -> Result<(), Unsupported> {
             precision: Precision::Int8Activations,
             ..
         } => match spec {
-            QuantSpec::Gguf(_) => Ok(()),
+            QuantSpec::Gguf(_) | QuantSpec::Awq { .. } | QuantSpec::Gptq { .. } => Ok(()),
             QuantSpec::Fp8 { .. } => Err(Unsupported::new(
                 op.name(),
                 "FP8 W8A8 casts activations to E4M3 as its format defines; the int8-activation \
-                 mode applies to the GGUF formats (Q4_0, Q4_1, Q8_0) only: use Precision::Exact",
-            )),
-            QuantSpec::Awq { .. } | QuantSpec::Gptq { .. } => Err(Unsupported::new(
-                op.name(),
-                format!(
-                    "int8 activations are implemented for the GGUF formats (Q4_0, Q4_1, Q8_0) \
-                     only, not {}: use Precision::Exact",
-                    spec.format().name()
-                ),
+                 mode applies to the GGUF, AWQ and GPTQ formats only: use Precision::Exact",
             )),
         },
         OpDesc::QuantGemm { .. } => Ok(()),
@@ -93,14 +87,17 @@ impl hal::QuantGemm for CpuBackend {
             m,
             k,
         };
-        if let QuantSpec::Gguf(ty) = args.w.spec {
+        if let QuantSpec::Gguf(_) | QuantSpec::Awq { .. } | QuantSpec::Gptq { .. } = args.w.spec {
             let bias = match &args.bias {
                 Some(b) => Some((b.dtype, acc.read_bytes("quant_gemm", b)?)),
                 None => None,
             };
             let (w, precision, out_dtype) = (args.w, args.precision, args.out.dtype);
             let out = acc.write::<u8>("quant_gemm", args.out)?;
-            return gguf::run(self, ty, w, &x, bias, precision, out_dtype, out);
+            return match w.spec {
+                QuantSpec::Gguf(ty) => gguf::run(self, ty, w, &x, bias, precision, out_dtype, out),
+                _ => grouped::run(self, w, &x, bias, precision, out_dtype, out),
+            };
         }
         let bias = match &args.bias {
             Some(b) => Some(simd::vec_f32(
@@ -119,14 +116,11 @@ impl hal::QuantGemm for CpuBackend {
             bias: bias.as_deref(),
         };
         match w.spec {
-            // Returned above.
-            QuantSpec::Gguf(_) => Ok(()),
-            QuantSpec::Awq { .. } | QuantSpec::Gptq { .. } => {
-                grouped::run(self, w, &x, epi, out_dtype, out)
-            }
             QuantSpec::Fp8 { activation, .. } => {
                 fp8::run(self, activation, w, &x, epi, out_dtype, out)
             }
+            // Returned above.
+            QuantSpec::Gguf(_) | QuantSpec::Awq { .. } | QuantSpec::Gptq { .. } => Ok(()),
         }
     }
 }

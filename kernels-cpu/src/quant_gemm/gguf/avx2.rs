@@ -19,7 +19,8 @@ use std::ops::Range;
 
 use super::activations::{scales, ExactRows, Int8Rows};
 use super::{
-    k_order, qs_offset, strip_bytes, Sink, Strips, BLOCK, M_OFFSET, Q4_0, Q4_1, Q8_0, STRIP,
+    has_min, is8, k_order, qs_offset, strip_bytes, Sink, Strips, BLOCK, G4, G8, M_OFFSET, Q4_0,
+    Q4_1, Q8_0, STRIP, Z_OFFSET,
 };
 
 /// Columns per vector.
@@ -209,6 +210,34 @@ unsafe fn record(w: &Strips<'_>, t: u8, h: usize, b: usize) -> (*const u8, usize
     (p, HALF * (h % 2))
 }
 
+/// `(d, m)` of half `h` (strip `h / 2`), block `b` as 8 column lanes (see
+/// [`super::scalar`] for the definition of `m` per type).
+///
+/// # Safety
+/// AVX2, FMA, F16C; strip `h / 2` and block `b` are inside `w`, built for
+/// type `T`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn scale_min<const T: u8>(w: &Strips<'_>, h: usize, b: usize) -> (__m256, __m256) {
+    let c = HALF * (h % 2);
+    // SAFETY: the caller's contract; the record or group record holds the
+    // 32 bytes of scales, Q4_1's minima and the grouped zero offsets.
+    unsafe {
+        let p = w.scales_ptr(T, h / 2, b);
+        let dv = f16x8(p.add(2 * c));
+        let mv = match T {
+            Q4_1 => f16x8(p.add(M_OFFSET + 2 * c)),
+            Q4_0 => _mm256_mul_ps(dv, _mm256_set1_ps(-8.0)),
+            G4 | G8 => {
+                let z = _mm_loadl_epi64(p.add(Z_OFFSET + c) as *const __m128i);
+                _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(z)), dv)
+            }
+            _ => _mm256_setzero_ps(),
+        };
+        (dv, mv)
+    }
+}
+
 /// `MR` rows from `r0` × `NH` half-strips from `h0`, exact precision.
 ///
 /// # Safety
@@ -236,7 +265,7 @@ unsafe fn exact_tile<const T: u8, const MR: usize, const NH: usize>(
             let xb: [*const f32; MR] =
                 std::array::from_fn(|i| x.x.as_ptr().add((r0 + i) * x.k + b * BLOCK));
             let mut aq = [[_mm256_setzero_ps(); NH]; MR];
-            if T == Q8_0 {
+            if is8(T) {
                 for k in 0..BLOCK {
                     let wq: [__m256; NH] = std::array::from_fn(|j| {
                         let (p, c) = rc[j];
@@ -274,13 +303,7 @@ unsafe fn exact_tile<const T: u8, const MR: usize, const NH: usize>(
                 }
             }
             for j in 0..NH {
-                let (p, c) = rc[j];
-                let dv = f16x8(p.add(2 * c));
-                let mv = match T {
-                    Q4_1 => f16x8(p.add(M_OFFSET + 2 * c)),
-                    Q4_0 => _mm256_mul_ps(dv, _mm256_set1_ps(-8.0)),
-                    _ => _mm256_setzero_ps(),
-                };
+                let (dv, mv) = scale_min::<T>(w, h0 + j, b);
                 for i in 0..MR {
                     acc[i][j] = _mm256_fmadd_ps(dv, aq[i][j], acc[i][j]);
                     if T != Q8_0 {
@@ -354,7 +377,7 @@ macro_rules! int8_tile {
                     let x4 = |i: usize, at: usize| {
                         _mm256_set1_epi32(std::ptr::read_unaligned(xb[i].add(at) as *const i32))
                     };
-                    if T == Q8_0 {
+                    if is8(T) {
                         for g in 0..8 {
                             let wv: [__m256i; NH] = std::array::from_fn(|j| {
                                 let (p, c) = rc[j];
@@ -399,18 +422,12 @@ macro_rules! int8_tile {
                         }
                     }
                     for j in 0..NH {
-                        let (p, c) = rc[j];
-                        let dv = f16x8(p.add(2 * c));
-                        let mv = if T == Q4_1 {
-                            f16x8(p.add(M_OFFSET + 2 * c))
-                        } else {
-                            _mm256_setzero_ps()
-                        };
+                        let (dv, mv) = scale_min::<T>(w, h0 + j, b);
                         for i in 0..MR {
                             let dd = _mm256_mul_ps(dv, _mm256_set1_ps(*x.d.as_ptr().add(bi[i])));
                             let f = _mm256_cvtepi32_ps(si[i][j]);
                             acc[i][j] = _mm256_fmadd_ps(f, dd, acc[i][j]);
-                            if T == Q4_1 {
+                            if has_min(T) {
                                 let s = _mm256_set1_ps(*x.sx.as_ptr().add(bi[i]));
                                 acc[i][j] = _mm256_fmadd_ps(mv, s, acc[i][j]);
                             }

@@ -20,7 +20,8 @@ use std::ops::Range;
 
 use super::activations::{scales, ExactRows, Int8Rows};
 use super::{
-    k_order, qs_offset, strip_bytes, Sink, Strips, BLOCK, M_OFFSET, Q4_0, Q4_1, Q8_0, STRIP,
+    has_min, is8, k_order, qs_offset, strip_bytes, Sink, Strips, BLOCK, G4, G8, M_OFFSET, Q4_0,
+    Q4_1, Q8_0, STRIP, Z_OFFSET,
 };
 
 /// Whether this CPU runs the exact kernels and the quantiser.
@@ -169,6 +170,32 @@ unsafe fn f16x16(p: *const u8) -> __m512 {
     _mm512_cvtph_ps(unsafe { _mm256_loadu_si256(p as *const __m256i) })
 }
 
+/// `(d, m)` of strip `s`, block `b` as 16 column lanes (see
+/// [`super::scalar`] for the definition of `m` per type).
+///
+/// # Safety
+/// AVX-512; strip `s` and block `b` are inside `w`, built for type `T`.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+unsafe fn scale_min<const T: u8>(w: &Strips<'_>, s: usize, b: usize) -> (__m512, __m512) {
+    // SAFETY: the caller's contract; the record or group record holds the
+    // 32 bytes of scales, Q4_1's minima and the grouped zero offsets.
+    unsafe {
+        let p = w.scales_ptr(T, s, b);
+        let dv = f16x16(p);
+        let mv = match T {
+            Q4_1 => f16x16(p.add(M_OFFSET)),
+            Q4_0 => _mm512_mul_ps(dv, _mm512_set1_ps(-8.0)),
+            G4 | G8 => {
+                let z = _mm512_cvtepi8_epi32(_mm_loadu_si128(p.add(Z_OFFSET) as *const __m128i));
+                _mm512_mul_ps(_mm512_cvtepi32_ps(z), dv)
+            }
+            _ => _mm512_setzero_ps(),
+        };
+        (dv, mv)
+    }
+}
+
 /// Store a tile's accumulators into the sink.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
@@ -218,7 +245,7 @@ unsafe fn exact_tile<const T: u8, const MR: usize, const NS: usize>(
             let xb: [*const f32; MR] =
                 std::array::from_fn(|i| x.x.as_ptr().add((r0 + i) * x.k + b * BLOCK));
             let mut aq = [[_mm512_setzero_ps(); NS]; MR];
-            if T == Q8_0 {
+            if is8(T) {
                 for k in 0..BLOCK {
                     let wq: [__m512; NS] = std::array::from_fn(|j| {
                         let p = rec[j].add(qs + STRIP * k) as *const __m128i;
@@ -253,12 +280,7 @@ unsafe fn exact_tile<const T: u8, const MR: usize, const NS: usize>(
                 }
             }
             for j in 0..NS {
-                let dv = f16x16(rec[j]);
-                let mv = match T {
-                    Q4_1 => f16x16(rec[j].add(M_OFFSET)),
-                    Q4_0 => _mm512_mul_ps(dv, _mm512_set1_ps(-8.0)),
-                    _ => _mm512_setzero_ps(),
-                };
+                let (dv, mv) = scale_min::<T>(w, s0 + j, b);
                 for i in 0..MR {
                     acc[i][j] = _mm512_fmadd_ps(dv, aq[i][j], acc[i][j]);
                     if T != Q8_0 {
@@ -306,7 +328,7 @@ unsafe fn int8_tile<const T: u8, const MR: usize, const NS: usize>(
     let perm = unsafe { _mm512_loadu_si512(Q8_TO_DWORDS.as_ptr() as *const __m512i) };
     let offset = match T {
         Q4_0 => -8,
-        Q8_0 => -128,
+        Q8_0 | G8 => -128,
         _ => 0,
     };
     let mut acc = [[_mm512_setzero_ps(); NS]; MR];
@@ -326,7 +348,7 @@ unsafe fn int8_tile<const T: u8, const MR: usize, const NS: usize>(
             let x4 = |i: usize, at: usize| {
                 _mm512_set1_epi32(std::ptr::read_unaligned(xb[i].add(at) as *const i32))
             };
-            if T == Q8_0 {
+            if is8(T) {
                 for g in 0..8 {
                     let u: [__m512i; NS] = std::array::from_fn(|j| {
                         let v = _mm512_loadu_si512(rec[j].add(qs + 64 * g) as *const __m512i);
@@ -358,16 +380,11 @@ unsafe fn int8_tile<const T: u8, const MR: usize, const NS: usize>(
                 }
             }
             for j in 0..NS {
-                let dv = f16x16(rec[j]);
-                let mv = if T == Q4_1 {
-                    f16x16(rec[j].add(M_OFFSET))
-                } else {
-                    _mm512_setzero_ps()
-                };
+                let (dv, mv) = scale_min::<T>(w, s0 + j, b);
                 for i in 0..MR {
                     let dd = _mm512_mul_ps(dv, _mm512_set1_ps(*x.d.as_ptr().add(bi[i])));
                     acc[i][j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(si[i][j]), dd, acc[i][j]);
-                    if T == Q4_1 {
+                    if has_min(T) {
                         let s = _mm512_set1_ps(*x.sx.as_ptr().add(bi[i]));
                         acc[i][j] = _mm512_fmadd_ps(mv, s, acc[i][j]);
                     }

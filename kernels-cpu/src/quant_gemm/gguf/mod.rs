@@ -78,13 +78,59 @@ pub(crate) const BLOCK: usize = 32;
 pub(crate) const Q4_0: u8 = 0;
 pub(crate) const Q4_1: u8 = 1;
 pub(crate) const Q8_0: u8 = 2;
+/// AWQ / GPTQ 4-bit in strips (see [`grouped`](super::grouped)): Q4_1's
+/// arithmetic with `(d, m)` per column and group from [`Strips::meta`].
+pub(crate) const G4: u8 = 3;
+/// GPTQ 8-bit in strips: Q8_0's arithmetic (stored `q − 128`) plus a
+/// per-column `m` term as Q4_1's, `(d, m)` from [`Strips::meta`].
+pub(crate) const G8: u8 = 4;
 
-/// Bytes of one checkpoint block of type `T`.
+/// Bytes of one group record in [`Strips::meta`]: the scales `d` as
+/// `[f16; 16]`, then the zero offsets `Z0 − z` as `[i8; 16]` (see
+/// [`zero_bias`]; −16..0 for 4 bits, −128..127 for GPTQ's 8-bit zero points
+/// 1..256), so that `m = (Z0 − z) · d`.
+pub(crate) const META: usize = 48;
+/// Offset of the zero offsets inside a group record.
+pub(crate) const Z_OFFSET: usize = 32;
+
+/// Bytes of one block of one column of type `T` (a checkpoint block for
+/// the GGUF types; the quantised values alone for the grouped ones).
 pub(crate) const fn block_bytes(t: u8) -> usize {
     match t {
         Q4_0 => 18,
         Q4_1 => 20,
+        G4 => 16,
+        G8 => 32,
         _ => 34,
+    }
+}
+
+/// Whether type `t` stores one signed byte per element (Q8_0, G8).
+pub(crate) const fn is8(t: u8) -> bool {
+    t == Q8_0 || t == G8
+}
+
+/// Whether type `t` keeps its scales and zero points per group, outside
+/// the records.
+pub(crate) const fn grouped(t: u8) -> bool {
+    t == G4 || t == G8
+}
+
+/// Whether type `t` adds an `m · Σx` term per block (Q4_1 and the grouped
+/// types; Q4_0's `−8d` is folded into the integer sum in int8 mode).
+pub(crate) const fn has_min(t: u8) -> bool {
+    t == Q4_1 || grouped(t)
+}
+
+/// `Z0`, the value a grouped type's stored integers are offset by, so that
+/// a weight is `(q − Z0) · d + m` with `m = (Z0 − z) · d`: 0 for G4, whose
+/// nibbles are stored as they are; 128 for G8, stored as `q − 128`. `m` is
+/// exact in f32 (at most 8 × 11 significant bits).
+pub(crate) const fn zero_bias(t: u8) -> i32 {
+    if t == G8 {
+        128
+    } else {
+        0
     }
 }
 
@@ -98,6 +144,7 @@ pub(crate) const fn strip_bytes(t: u8) -> usize {
 pub(crate) const fn qs_offset(t: u8) -> usize {
     match t {
         Q4_1 => 64,
+        G4 | G8 => 0,
         _ => 32,
     }
 }
@@ -153,17 +200,62 @@ pub(crate) struct Strips<'a> {
     pub blocks: usize,
     /// `ceil(N / 16)`.
     pub strips: usize,
+    /// Grouped types: `[strips, groups]` records of [`META`] bytes (empty
+    /// for the GGUF types, whose scales live in the records).
+    pub meta: &'a [u8],
+    /// Grouped types: groups along K.
+    pub groups: usize,
+    /// Grouped types: blocks per group (G / 32); 1 for the GGUF types.
+    pub per_group: usize,
+    /// `log2(per_group)` when `per_group` is a power of two (G = 32, 64,
+    /// 128, …), so the kernels find a block's group with a shift instead of
+    /// a division; `u32::MAX` otherwise.
+    pub group_shift: u32,
 }
 
 impl<'a> Strips<'a> {
     /// `None` when `data` is shorter than the shape needs.
     pub(crate) fn new(t: u8, data: &'a [u8], n: usize, k: usize) -> Option<Self> {
         let (blocks, strips) = (k / BLOCK, n.div_ceil(STRIP));
-        (data.len() >= strips * blocks * strip_bytes(t)).then_some(Strips {
+        (!grouped(t) && data.len() >= strips * blocks * strip_bytes(t)).then_some(Strips {
             data,
             blocks,
             strips,
+            meta: &[],
+            groups: 0,
+            per_group: 1,
+            group_shift: 0,
         })
+    }
+
+    /// Strips of a grouped type (`G4`, `G8`) with groups of `group` elements
+    /// (a multiple of 32); `None` when `data` or `meta` is too short.
+    pub(crate) fn grouped(
+        t: u8,
+        data: &'a [u8],
+        meta: &'a [u8],
+        n: usize,
+        k: usize,
+        group: usize,
+    ) -> Option<Self> {
+        if !grouped(t) || group == 0 || !group.is_multiple_of(BLOCK) {
+            return None;
+        }
+        let (blocks, strips, groups) = (k / BLOCK, n.div_ceil(STRIP), k.div_ceil(group));
+        (data.len() >= strips * blocks * strip_bytes(t) && meta.len() >= strips * groups * META)
+            .then_some(Strips {
+                data,
+                blocks,
+                strips,
+                meta,
+                groups,
+                per_group: group / BLOCK,
+                group_shift: if (group / BLOCK).is_power_of_two() {
+                    (group / BLOCK).trailing_zeros()
+                } else {
+                    u32::MAX
+                },
+            })
     }
 
     /// The record of strip `s`, block `b` (`s < strips`, `b < blocks`).
@@ -171,6 +263,32 @@ impl<'a> Strips<'a> {
     pub(crate) fn record(&self, t: u8, s: usize, b: usize) -> &'a [u8] {
         let sb = strip_bytes(t);
         &self.data[(s * self.blocks + b) * sb..][..sb]
+    }
+
+    /// Where the scales `d` (`[f16; 16]`) of strip `s`, block `b` start: the
+    /// record itself for the GGUF types, its group's [`META`] record for the
+    /// grouped ones (zero offsets at [`Z_OFFSET`] from there).
+    ///
+    /// # Safety
+    /// `s < strips`, `b < blocks`, and `self` was built by [`Strips::new`]
+    /// or [`Strips::grouped`] for type `t`.
+    #[inline(always)]
+    pub(crate) unsafe fn scales_ptr(&self, t: u8, s: usize, b: usize) -> *const u8 {
+        // SAFETY: in bounds by the constructors' length checks.
+        unsafe {
+            if grouped(t) {
+                let g = if self.group_shift != u32::MAX {
+                    b >> self.group_shift
+                } else {
+                    b / self.per_group
+                };
+                self.meta.as_ptr().add((s * self.groups + g) * META)
+            } else {
+                self.data
+                    .as_ptr()
+                    .add((s * self.blocks + b) * strip_bytes(t))
+            }
+        }
     }
 }
 
@@ -351,7 +469,44 @@ pub(super) fn run(
 ) -> Result<()> {
     let acc = dev.access();
     let st = strips(&acc, ty, w)?;
-    let (m, n) = (x.m, w.n);
+    run_strips(
+        dev,
+        type_id(ty),
+        &st,
+        w.n,
+        x,
+        bias,
+        precision,
+        out_dtype,
+        out,
+    )
+}
+
+/// `out[M, N] = x · dequant(w)ᵀ + bias` for checked strips `st` of type `t`
+/// (`n` columns), in `precision`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn run_strips(
+    dev: &CpuBackend,
+    t: u8,
+    st: &Strips<'_>,
+    n: usize,
+    x: &Activations<'_>,
+    bias: Option<(DType, &[u8])>,
+    precision: Precision,
+    out_dtype: DType,
+    out: &mut [u8],
+) -> Result<()> {
+    let m = x.m;
+    if x.k != st.blocks * BLOCK || st.strips != n.div_ceil(STRIP) {
+        return Err(HalError::invalid(
+            "cpu",
+            "quant_gemm",
+            format!(
+                "activations of K = {} for a packed weight of {} blocks, {} strips",
+                x.k, st.blocks, st.strips
+            ),
+        ));
+    }
     if m == 0 || n == 0 {
         return Ok(());
     }
@@ -363,7 +518,6 @@ pub(super) fn run(
         ));
     }
     let isa = dev.isa();
-    let t = type_id(ty);
     activations::with_scratch(|scratch| {
         let p = scratch.prepare(dev, x, precision, t != Q8_0, bias, n);
         let sink = Out {
@@ -374,18 +528,18 @@ pub(super) fn run(
             isa,
             bias: p.bias,
         };
-        let weight_bytes = st.strips * st.blocks * strip_bytes(t);
+        let weight_bytes = st.strips * st.blocks * strip_bytes(t) + st.meta.len();
         match p.rows {
             Rows::Exact(rows) => {
                 let kernel = exact_kernel(isa, t);
-                drive(dev, m, &st, weight_bytes, |r, s| {
-                    kernel(&st, &rows, r, s, &sink)
+                drive(dev, m, st, weight_bytes, |r, s| {
+                    kernel(st, &rows, r, s, &sink)
                 });
             }
             Rows::Int8(rows) => {
                 let kernel = int8_kernel(isa, t);
-                drive(dev, m, &st, weight_bytes, |r, s| {
-                    kernel(&st, &rows, r, s, &sink)
+                drive(dev, m, st, weight_bytes, |r, s| {
+                    kernel(st, &rows, r, s, &sink)
                 });
             }
         }
@@ -408,6 +562,8 @@ pub(crate) fn exact_kernel(isa: Isa, t: u8) -> ExactKernel {
             return match t {
                 Q4_0 => avx512::exact::<Q4_0>,
                 Q4_1 => avx512::exact::<Q4_1>,
+                G4 => avx512::exact::<G4>,
+                G8 => avx512::exact::<G8>,
                 _ => avx512::exact::<Q8_0>,
             };
         }
@@ -415,6 +571,8 @@ pub(crate) fn exact_kernel(isa: Isa, t: u8) -> ExactKernel {
             return match t {
                 Q4_0 => avx2::exact::<Q4_0>,
                 Q4_1 => avx2::exact::<Q4_1>,
+                G4 => avx2::exact::<G4>,
+                G8 => avx2::exact::<G8>,
                 _ => avx2::exact::<Q8_0>,
             };
         }
@@ -423,6 +581,8 @@ pub(crate) fn exact_kernel(isa: Isa, t: u8) -> ExactKernel {
     match t {
         Q4_0 => scalar::exact::<Q4_0>,
         Q4_1 => scalar::exact::<Q4_1>,
+        G4 => scalar::exact::<G4>,
+        G8 => scalar::exact::<G8>,
         _ => scalar::exact::<Q8_0>,
     }
 }
@@ -437,6 +597,8 @@ pub(crate) fn int8_kernel(isa: Isa, t: u8) -> Int8Kernel {
             return match t {
                 Q4_0 => avx512::int8::<Q4_0>,
                 Q4_1 => avx512::int8::<Q4_1>,
+                G4 => avx512::int8::<G4>,
+                G8 => avx512::int8::<G8>,
                 _ => avx512::int8::<Q8_0>,
             };
         }
@@ -445,9 +607,13 @@ pub(crate) fn int8_kernel(isa: Isa, t: u8) -> Int8Kernel {
             return match (t, vnni) {
                 (Q4_0, true) => avx2::int8::<Q4_0, true>,
                 (Q4_1, true) => avx2::int8::<Q4_1, true>,
+                (G4, true) => avx2::int8::<G4, true>,
+                (G8, true) => avx2::int8::<G8, true>,
                 (_, true) => avx2::int8::<Q8_0, true>,
                 (Q4_0, false) => avx2::int8::<Q4_0, false>,
                 (Q4_1, false) => avx2::int8::<Q4_1, false>,
+                (G4, false) => avx2::int8::<G4, false>,
+                (G8, false) => avx2::int8::<G8, false>,
                 (_, false) => avx2::int8::<Q8_0, false>,
             };
         }
@@ -456,6 +622,8 @@ pub(crate) fn int8_kernel(isa: Isa, t: u8) -> Int8Kernel {
     match t {
         Q4_0 => scalar::int8::<Q4_0>,
         Q4_1 => scalar::int8::<Q4_1>,
+        G4 => scalar::int8::<G4>,
+        G8 => scalar::int8::<G8>,
         _ => scalar::int8::<Q8_0>,
     }
 }

@@ -7,19 +7,22 @@ use std::ops::Range;
 use half::f16;
 
 use super::activations::{round_q, scales, ExactRows, Int8Rows};
-use super::{k_order, qs_offset, Sink, Strips, BLOCK, M_OFFSET, Q4_0, Q4_1, Q8_0, STRIP};
+use super::{
+    has_min, is8, k_order, qs_offset, Sink, Strips, BLOCK, META, M_OFFSET, Q4_0, Q4_1, Q8_0, STRIP,
+    Z_OFFSET,
+};
 
 fn f16_at(r: &[u8], off: usize) -> f32 {
     f16::from_le_bytes([r[off], r[off + 1]]).to_f32()
 }
 
 /// The stored integers of column `c` in a record, in element order:
-/// 0..15 for the 4-bit types, −128..127 for Q8_0.
+/// 0..15 for the 4-bit types, −128..127 for Q8_0 and G8.
 #[inline(always)]
 fn ints<const T: u8>(rec: &[u8], c: usize) -> [i32; BLOCK] {
     let qs = &rec[qs_offset(T)..];
     let mut q = [0i32; BLOCK];
-    if T == Q8_0 {
+    if is8(T) {
         for (k, qk) in q.iter_mut().enumerate() {
             *qk = qs[STRIP * k + c] as i8 as i32;
         }
@@ -35,9 +38,17 @@ fn ints<const T: u8>(rec: &[u8], c: usize) -> [i32; BLOCK] {
     q
 }
 
-/// `(d, m)` of column `c`: `m` is the minimum (Q4_1), `−8d` (Q4_0) or 0.
+/// `(d, m)` of column `c` of strip `s`, block `b`: `m` is the minimum
+/// (Q4_1), `−8d` (Q4_0), `(Z0 − z)·d` (grouped, see [`super::zero_bias`])
+/// or 0.
 #[inline(always)]
-fn scale_min<const T: u8>(rec: &[u8], c: usize) -> (f32, f32) {
+fn scale_min<const T: u8>(w: &Strips<'_>, rec: &[u8], s: usize, b: usize, c: usize) -> (f32, f32) {
+    if super::grouped(T) {
+        let g = s * w.groups + b / w.per_group;
+        let meta = &w.meta[g * META..(g + 1) * META];
+        let d = f16_at(meta, 2 * c);
+        return (d, (meta[Z_OFFSET + c] as i8 as f32) * d);
+    }
     let d = f16_at(rec, 2 * c);
     let m = match T {
         Q4_1 => f16_at(rec, M_OFFSET + 2 * c),
@@ -55,7 +66,7 @@ pub(super) fn exact<const T: u8>(
     strips: Range<usize>,
     sink: &dyn Sink,
 ) {
-    let order = if T == Q8_0 {
+    let order = if is8(T) {
         std::array::from_fn(|k| k)
     } else {
         k_order()
@@ -74,7 +85,7 @@ pub(super) fn exact<const T: u8>(
                     for &k in &order {
                         a = (q[k] as f32).mul_add(xb[k], a);
                     }
-                    let (d, m) = scale_min::<T>(rec, c);
+                    let (d, m) = scale_min::<T>(w, rec, s, b, c);
                     *ac = d.mul_add(a, *ac);
                     if T != Q8_0 {
                         *ac = m.mul_add(x.sums[i * blocks + b], *ac);
@@ -107,9 +118,9 @@ pub(super) fn int8<const T: u8>(
                     let q = ints::<T>(rec, c);
                     let off = if T == Q4_0 { 8 } else { 0 };
                     let sum: i32 = q.iter().zip(xb).map(|(&w, &v)| (w - off) * v as i32).sum();
-                    let (d, m) = scale_min::<T>(rec, c);
+                    let (d, m) = scale_min::<T>(w, rec, s, b, c);
                     *ac = (sum as f32).mul_add(d * dx, *ac);
-                    if T == Q4_1 {
+                    if has_min(T) {
                         *ac = m.mul_add(sx, *ac);
                     }
                 }

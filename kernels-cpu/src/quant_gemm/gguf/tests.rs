@@ -351,7 +351,7 @@ fn every_kernel_variant_matches_scalar() {
 }
 
 #[test]
-fn int8_is_offered_for_gguf_only() {
+fn int8_is_offered_for_gguf_awq_gptq_not_fp8() {
     let dev = CpuBackend::with(Isa::Scalar, 1).unwrap();
     assert!(dev
         .capabilities()
@@ -376,8 +376,13 @@ fn int8_is_offered_for_gguf_only() {
         qzeros: vec![0; 1],
         scales: vec![half::f16::ONE; 8],
     };
-    let why = dev.supports(&desc(awq.spec())).unwrap_err().to_string();
-    assert!(why.contains("GGUF") && why.contains("Exact"), "{why}");
+    assert!(dev.supports(&desc(awq.spec())).is_ok());
+    let fp8 = QuantSpec::Fp8 {
+        weight_scale: hal::ScaleGranularity::PerChannel,
+        activation: hal::ActivationScale::DynamicPerToken,
+    };
+    let why = dev.supports(&desc(fp8)).unwrap_err().to_string();
+    assert!(why.contains("FP8") && why.contains("Exact"), "{why}");
 }
 
 #[test]
