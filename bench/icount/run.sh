@@ -6,7 +6,7 @@
 #   bash bench/icount/run.sh            # count, compare with bench/icount/counts.tsv
 #   bash bench/icount/run.sh --update   # count and rewrite counts.tsv
 #
-# Each case of the quick grid below runs on the `cpu` device with the AVX2
+# Each case of the quick grid below (exact and int8-activation products) runs on the `cpu` device with the AVX2
 # kernels (valgrind does not run AVX-512) on one pool thread, twice under
 # callgrind: 0 calls and $ITERS calls after the same set-up. The difference
 # divided by $ITERS is the instructions of one call. A change of more than
@@ -32,8 +32,10 @@ cases=(
     'gemm/f32/smollm2-135m.mlp_down/prefill_512/hot'
     'quant_gemm/q4_0/smollm2-135m.mlp_down/decode_b1/hot'
     'quant_gemm/q4_1/smollm2-135m.mlp_down/decode_b1/hot'
+    'quant_gemm/q4_1_int8/smollm2-135m.mlp_down/decode_b1/hot'
     'quant_gemm/q8_0/smollm2-135m.mlp_down/decode_b1/hot'
     'quant_gemm/awq/smollm2-135m.mlp_down/decode_b1/hot'
+    'quant_gemm/awq_int8/smollm2-135m.mlp_down/decode_b1/hot'
     'quant_gemm/gptq4/smollm2-135m.mlp_down/decode_b1/hot'
     'quant_gemm/fp8/smollm2-135m.mlp_down/decode_b1/hot'
     'quant_gemm/q4_1/smollm2-135m.mlp_down/prefill_512/hot'
